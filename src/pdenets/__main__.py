@@ -1,0 +1,3 @@
+from pdenets.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The ``pdenets`` command line: one entry point, one subcommand per job.
+
+Each subcommand lives in a module of :mod:`pdenets.commands` that defines ``add_parser(subparsers)``;
+the work itself is done by the library modules those commands call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from pdenets.errors import UsageError
+
+# Modules of pdenets.commands, each adding one subcommand (in this order in --help).
+COMMAND_MODULES: tuple[str, ...] = (
+    "pdenets.commands.models",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pdenets",
+        description="Convolutional networks from the PDE perspective: build, train, analyse and export "
+        "the models of Liu-Shao-Bai, Ruthotto-Haber and Ruseckas.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from pdenets import __version__
+
+    parser.add_argument("--version", action="version", version=f"pdenets {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod_name in COMMAND_MODULES:
+        importlib.import_module(mod_name).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except UsageError as e:
+        print(f"pdenets {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pdenets {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``pdenets`` command line (see :mod:`pdenets.cli`)."""

@@ -1,0 +1,277 @@
+"""Residual blocks of the quasi-linear hyperbolic ConvNet (Liu-Shao-Bai, Eqs. (3)-(7), Fig. 1).
+
+Each block computes ``u ↦ act(skip(u) + F(u))``: the residual connection is the forward-Euler time step
+of ∂u/∂t = F(u), and F is one of the quasi-linear right-hand sides below. The paper's matrices become
+convolutions:
+
+* ``conv_d`` — **D**, the "derivative" conv: depthwise 3×3, each channel u_j → m channels, one per
+  learned difference operator (∂/∂x, ∂/∂y, ... ; :class:`~pdenets.layers.derivative.DerivativeConv`);
+* ``conv_c`` — **C** (with D's y-part folded in: "C and D stacked into one"), the 1×1 conv producing
+  the u-dependent coefficients;
+* ``conv_a`` — **A** (with **B** stacked: "A and B stacked into one"), the 1×1 conv mixing back to the
+  output channels;
+* ``conv_p`` — **P**, the 1×1 premix of :class:`Eq3PBlock` only.
+
+BatchNorm follows the depthwise conv (``bn_d``) and ends the branch (``bn_a``, γ initialised to zero),
+never on the 1×1 C branch. All convs are bias-free. Parameter counts reproduce Table 1 of the paper (see
+DESIGN.md §2 and ``tests/test_param_counts.py``). Notation: n input channels, o output channels,
+m derivative channels per input channel (4, or 6 for "x6"), s the stride.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath
+
+from pdenets.layers.activations import create_act
+from pdenets.layers.derivative import DerivativeConv
+
+
+def conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
+
+
+class QLBlock(nn.Module):
+    """Common machinery of the blocks: shortcut, drop-path, the optional activation after the addition.
+
+    Subclasses define :meth:`branch`, the right-hand side F(u) of their equation.
+
+    Args:
+        in_chs: n.  out_chs: o.  stride: s (2 in the first block of stages 2-4).
+        multiplier: m, derivative channels per input channel.
+        weight_sharing: one m×1×3×3 derivative kernel shared by all channels ("ws") or one per channel.
+        act: activation applied after the residual addition of this block ('none' for most blocks).
+        radius: radius of hardball/softball (default sqrt(o)).
+        padding_mode: boundary condition of the derivative conv ('zeros', 'reflect', 'replicate',
+            'circular').
+        zero_init_last: initialise the last BN's γ to zero so the block starts as the identity.
+        drop_path: stochastic-depth rate.
+    """
+
+    equation: str = ""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        stride: int = 1,
+        multiplier: int = 4,
+        weight_sharing: bool = True,
+        act: str = "none",
+        radius: float | None = None,
+        padding_mode: str = "zeros",
+        zero_init_last: bool = True,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if in_chs < 1 or out_chs < 1:
+            raise ValueError(f"channel counts must be positive, got in_chs={in_chs}, out_chs={out_chs}")
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        if not isinstance(multiplier, int) or multiplier < 1:
+            raise ValueError(f"multiplier (expansion) must be a positive integer such as 4 or 6, got {multiplier!r}")
+        self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
+        self.multiplier, self.weight_sharing, self.padding_mode = multiplier, weight_sharing, padding_mode
+        self.zero_init_last = zero_init_last
+        if stride != 1 or in_chs != out_chs:
+            self.downsample: nn.Module | None = nn.Sequential(
+                conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs)
+            )
+        else:
+            self.downsample = None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.act = create_act(act, out_chs, radius)
+        self.act_name = act
+
+    def _derivative(self, channels: int, stride: int) -> DerivativeConv:
+        return DerivativeConv(
+            channels, self.multiplier, self.weight_sharing, stride=stride, padding_mode=self.padding_mode
+        )
+
+    def init_last_bn(self) -> None:
+        bn = getattr(self, "bn_a", None)
+        if self.zero_init_last and isinstance(bn, nn.BatchNorm2d):
+            nn.init.zeros_(bn.weight)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act(shortcut + self.drop_path(self.branch(x)))
+
+    def extra_repr(self) -> str:
+        return f"{self.equation}: n={self.in_chs}, o={self.out_chs}, s={self.stride}, m={self.multiplier}"
+
+
+class Eq3Block(QLBlock):
+    """Eq. (3): ∂u_i/∂t = Σ_j A_ij Σ_k C_jk u_k ∂u_j/∂x + Σ_j B_ij Σ_k D_jk u_k ∂u_j/∂y  (Fig. 1).
+
+    F(u) = BN(A [ BN(D u) ⊙ (C u) ]) with D the derivative conv n → mn (stride s), C a 1×1 conv n → mn
+    (stride s) giving the coefficients Σ_k C_jk u_k for each derivative channel, and A a 1×1 conv mn → o.
+    Parameters (ws, m = 4): 4n² + 36 + 8n + 4no + 2o.
+    """
+
+    equation = "eq3"
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, **kwargs) -> None:
+        super().__init__(in_chs, out_chs, stride, **kwargs)
+        mid = in_chs * self.multiplier
+        self.conv_d = self._derivative(in_chs, stride)
+        self.bn_d = nn.BatchNorm2d(mid)
+        self.conv_c = conv1x1(in_chs, mid, stride)
+        self.conv_a = conv1x1(mid, out_chs)
+        self.bn_a = nn.BatchNorm2d(out_chs)
+        self.init_last_bn()
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x)) * self.conv_c(x)))
+
+
+class Eq3PBlock(Eq3Block):
+    """Eq. (3) with a 1×1 premix P: F(u) = BN(A [ BN(D P u) ⊙ (C u) ]).
+
+    Why it exists (DESIGN.md §3): in Eq. (3) as written the depthwise conv D reads the residual stream
+    channel by channel, so a change of basis u → T u of the stream only leaves the output unchanged for
+    monomial T (permutation × diagonal). Reading the stream only through learned linear maps (P, C and
+    the skip) makes the paper's §4 symmetry exact: P → P T⁻¹, C → C T⁻¹, A → T A keeps the function for
+    every T ∈ GL(n) (identity activations) or T ∈ O(n) (hardball/softball). Costs n² parameters per block.
+    """
+
+    equation = "eq3p"
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, **kwargs) -> None:
+        super().__init__(in_chs, out_chs, stride, **kwargs)
+        self.conv_p = conv1x1(in_chs, in_chs)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn_a(self.conv_a(self.bn_d(self.conv_d(self.conv_p(x))) * self.conv_c(x)))
+
+
+class Eq4Block(QLBlock):
+    """Eq. (4): ∂u_i/∂t = Σ_k C_ik u_k Σ_j A_ij ∂u_j/∂x + Σ_k D_ik u_k Σ_j B_ij ∂u_j/∂y.
+
+    The mixing A acts on the derivatives before the product (design 4a of DESIGN.md):
+    F(u) = BN( A[BN(D u)] ⊙ (C u) ), D: n → mn (stride s), A: 1×1 mn → o, C: 1×1 n → o (stride s),
+    product in o channels.
+    """
+
+    equation = "eq4"
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, **kwargs) -> None:
+        super().__init__(in_chs, out_chs, stride, **kwargs)
+        mid = in_chs * self.multiplier
+        self.conv_d = self._derivative(in_chs, stride)
+        self.bn_d = nn.BatchNorm2d(mid)
+        self.conv_a = conv1x1(mid, out_chs)
+        self.conv_c = conv1x1(in_chs, out_chs, stride)
+        self.bn_a = nn.BatchNorm2d(out_chs)
+        self.init_last_bn()
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x))) * self.conv_c(x))
+
+
+class Eq5Block(QLBlock):
+    """Eq. (5): ∂u_i/∂t = Σ_k C_ik u_k ∂u_i/∂x + Σ_k D_ik u_k ∂u_i/∂y — each u_i sees only its own
+    derivatives (design 5a of DESIGN.md; the paper leaves the layout open).
+
+    F(u) = S[ BN(D u) ⊙ (C u) ] with D: n → mn (stride s), C: 1×1 n → mn (stride s), and S the
+    parameter-free sum of each group of mn/o consecutive channels (the m directions of one u_i when
+    o = n; pairs of them in a downsampling block where o = 2n). No A, no end BN. Requires o | mn.
+    """
+
+    equation = "eq5"
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, **kwargs) -> None:
+        super().__init__(in_chs, out_chs, stride, **kwargs)
+        mid = in_chs * self.multiplier
+        if mid % out_chs:
+            raise ValueError(
+                f"Eq. (5) sums groups of m·n/o channels, so o={out_chs} must divide m·n={mid}; "
+                f"use a multiplier that is a multiple of {out_chs // math.gcd(in_chs, out_chs)}"
+            )
+        self.group = mid // out_chs
+        self.conv_d = self._derivative(in_chs, stride)
+        self.bn_d = nn.BatchNorm2d(mid)
+        self.conv_c = conv1x1(in_chs, mid, stride)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn_d(self.conv_d(x)) * self.conv_c(x)
+        n, _, h, w = y.shape
+        return y.view(n, self.out_chs, self.group, h, w).sum(2)
+
+
+class Eq6Block(QLBlock):
+    """Eq. (6): ∂u_i/∂t = Σ_j A_ij ∂/∂x Σ_k C_jk u_j u_k + Σ_j B_ij ∂/∂y Σ_k C_jk u_j u_k
+    (a system of conservation laws: the derivative acts on the product).
+
+    F(u) = BN(A [ BN(D (u ⊙ C u)) ]) with C: 1×1 n → n at full resolution, D: n → mn (stride s),
+    A: 1×1 mn → o.
+    """
+
+    equation = "eq6"
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, **kwargs) -> None:
+        super().__init__(in_chs, out_chs, stride, **kwargs)
+        mid = in_chs * self.multiplier
+        self.conv_c = conv1x1(in_chs, in_chs)
+        self.conv_d = self._derivative(in_chs, stride)
+        self.bn_d = nn.BatchNorm2d(mid)
+        self.conv_a = conv1x1(mid, out_chs)
+        self.bn_a = nn.BatchNorm2d(out_chs)
+        self.init_last_bn()
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x * self.conv_c(x)))))
+
+
+class Eq7Block(QLBlock):
+    """Eq. (7): ∂u_i/∂t = Σ_j A_ij ∂/∂x Σ_k C_jk u_j u_k + Σ_j B_ij ∂/∂y Σ_k D_jk u_j u_k.
+
+    Each direction a = 1..m has its own coefficient matrix (C, D, ... stacked): C is a 1×1 conv n → mn
+    whose output is read as (a, j); slice a is multiplied by u (w_{a,j} = u_j Σ_k C^a_jk u_k), then a
+    depthwise 3×3 on the mn channels (channel (a, j) uses kernel a when weights are shared, stride s),
+    BN, and A: 1×1 mn → o, BN: F(u) = BN(A [ BN(D (u ⊙_a C u)) ]).
+    """
+
+    equation = "eq7"
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, **kwargs) -> None:
+        super().__init__(in_chs, out_chs, stride, **kwargs)
+        mid = in_chs * self.multiplier
+        self.conv_c = conv1x1(in_chs, mid)
+        self.conv_d = DerivativeConv(
+            mid, 1, self.weight_sharing, stride=stride, padding_mode=self.padding_mode,
+            interleave="kernel", kernels=self.multiplier,
+        )
+        self.bn_d = nn.BatchNorm2d(mid)
+        self.conv_a = conv1x1(mid, out_chs)
+        self.bn_a = nn.BatchNorm2d(out_chs)
+        self.init_last_bn()
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.conv_c(x) * x.repeat(1, self.multiplier, 1, 1)
+        return self.bn_a(self.conv_a(self.bn_d(self.conv_d(w))))
+
+
+BLOCKS: dict[str, type[QLBlock]] = {
+    "eq3": Eq3Block,
+    "eq3p": Eq3PBlock,
+    "eq4": Eq4Block,
+    "eq5": Eq5Block,
+    "eq6": Eq6Block,
+    "eq7": Eq7Block,
+}
+
+
+def create_block(equation: str, in_chs: int, out_chs: int, stride: int = 1, **kwargs) -> QLBlock:
+    """Build the block of ``equation`` ('eq3', 'eq3p', 'eq4', 'eq5', 'eq6' or 'eq7')."""
+    try:
+        cls = BLOCKS[equation]
+    except KeyError:
+        raise ValueError(f"unknown equation {equation!r}; expected one of {', '.join(BLOCKS)}") from None
+    return cls(in_chs, out_chs, stride, **kwargs)

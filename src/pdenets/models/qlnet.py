@@ -1,0 +1,250 @@
+"""The quasi-linear hyperbolic ConvNet of Liu, Shao & Bai (§5.1, Table 1) in timm's ResNet skeleton.
+
+Layout (ResNet-50 with expansion 1): 7×7/2 stem conv + BN + ReLU + 3×3/2 max-pool, four stages of
+[3, 4, 6, 3] blocks at widths 64/128/256/512 (the first block of stages 2-4 has stride 2 and a 1×1
+stride-2 conv + BN skip), global average pool, linear head. The blocks are those of Eqs. (3)-(7)
+(:mod:`pdenets.layers.ql_blocks`). Activations: ``act_placement='ds'`` puts the activation after the
+residual addition of each downsampling block and once after the last stage (4 in all, as in the paper;
+the stem's ReLU stays); ``'all'`` after every block.
+
+Registered names (``timm.create_model(name)`` after ``import pdenets``)::
+
+    qlnet{50,26,18}_{eq3,eq3p,eq3_nows,eq3_nows_x6,eq4,eq5,eq6,eq7_nows_x6}[_small]
+
+50/26/18 are the layouts [3,4,6,3] / [2,2,2,2] / [1,1,1,1]. ``_small`` variants use a 3×3 stride-1
+stem without max-pool and half the widths (32/64/128/256), for 8-64 px images. Keyword arguments
+override everything: ``act='hardball'``, ``act_placement='all'``, ``multiplier=6``,
+``weight_sharing=False``, ``widths=(...)``, ``padding_mode='reflect'``, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.layers import create_classifier
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+
+from pdenets.layers.activations import create_act, parse_act_spec
+from pdenets.layers.derivative import check_padding_mode
+from pdenets.layers.ql_blocks import BLOCKS, create_block
+from pdenets.models.registry import register_image_model
+
+LAYOUTS: dict[str, tuple[int, ...]] = {"50": (3, 4, 6, 3), "26": (2, 2, 2, 2), "18": (1, 1, 1, 1)}
+WIDTHS = (64, 128, 256, 512)
+SMALL_WIDTHS = (32, 64, 128, 256)
+
+
+class QLNet(nn.Module):
+    """Quasi-linear hyperbolic ConvNet (Liu-Shao-Bai). One configurable class; see module docstring.
+
+    Args:
+        block: equation of the blocks: 'eq3', 'eq3p', 'eq4', 'eq5', 'eq6' or 'eq7'.
+        layers: blocks per stage.  widths: stream width of each stage.
+        num_classes: classifier outputs (0 for no classifier).  in_chans: input image channels.
+        multiplier: derivative channels per input channel (4, or 6 for "x6").
+        weight_sharing: share the derivative kernels across channels ("ws").
+        act: 'none', 'relu', 'hardtanh', 'hardball' or 'softball' (also 'softball@ds' notation).
+        act_placement: 'ds' (after downsampling blocks and after the last stage) or 'all'.
+        radius: radius of hardball/softball (default sqrt(width) at each placement).
+        padding_mode: boundary condition of the derivative convs.
+        stem: 'imagenet' (7×7/2 + max-pool) or 'small' (3×3/1, no max-pool).
+        drop_rate: dropout before the classifier.  drop_path_rate: stochastic depth (linear in depth).
+        zero_init_last: zero γ of each block's last BN.
+        global_pool: timm pooling type ('avg', 'max', ...).
+    """
+
+    def __init__(
+        self,
+        block: str = "eq3",
+        layers: Sequence[int] = (3, 4, 6, 3),
+        widths: Sequence[int] = WIDTHS,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        multiplier: int = 4,
+        weight_sharing: bool = True,
+        act: str = "softball",
+        act_placement: str | None = None,
+        radius: float | None = None,
+        padding_mode: str = "zeros",
+        stem: str = "imagenet",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        zero_init_last: bool = True,
+        global_pool: str = "avg",
+        **block_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"unknown equation/block {block!r}; expected one of {', '.join(BLOCKS)}")
+        act, placement = parse_act_spec(act)
+        act_placement = act_placement or placement
+        if act_placement not in ("ds", "all"):
+            raise ValueError(f"act_placement must be 'ds' or 'all', got {act_placement!r}")
+        if stem not in ("imagenet", "small"):
+            raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
+        if len(layers) != len(widths) or not layers:
+            raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} must have the same length")
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be positive, got {in_chans}")
+        check_padding_mode(padding_mode)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.block_name, self.act_name, self.act_placement = block, act, act_placement
+        self.layers, self.widths = tuple(layers), tuple(widths)
+
+        w0 = widths[0]
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, w0, 7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
+            reduction = 4
+        else:
+            self.conv1 = nn.Conv2d(in_chans, w0, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+            reduction = 1
+        self.bn1 = nn.BatchNorm2d(w0)
+        self.act1 = nn.ReLU(inplace=True)
+
+        total = sum(layers)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        self.feature_info: list[dict[str, Any]] = []
+        in_chs, idx = w0, 0
+        for i, (n_blocks, width) in enumerate(zip(layers, widths)):
+            blocks = []
+            for j in range(n_blocks):
+                stride = 2 if (i > 0 and j == 0) else 1
+                is_ds = i > 0 and j == 0
+                block_act = act if (act_placement == "all" or is_ds) else "none"
+                blocks.append(
+                    create_block(
+                        block, in_chs, width, stride, multiplier=multiplier, weight_sharing=weight_sharing,
+                        act=block_act, radius=radius, padding_mode=padding_mode,
+                        zero_init_last=zero_init_last, drop_path=dpr[idx], **block_kwargs,
+                    )
+                )
+                in_chs, idx = width, idx + 1
+            if i > 0:
+                reduction *= 2
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"layer{i + 1}"))
+        self.final_act = create_act(act, in_chs, radius) if act_placement == "ds" else nn.Identity()
+        self.num_features = self.head_hidden_size = in_chs
+        self.global_pool, self.fc = create_classifier(in_chs, num_classes, pool_type=global_pool)
+        self._init_weights()
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{i + 1}") for i in range(len(self.layers))]
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():
+            if hasattr(m, "init_last_bn"):
+                m.init_last_bn()
+
+    # ---- timm model interface -------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^conv1|bn1|maxpool", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D input (N, C, H, W) with C={self.in_chans}, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.forward_stem(x)
+        for stage in self.stages:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+        return self.final_act(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---- registration ---------------------------------------------------------------------------------
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225), "first_conv": "conv1", "classifier": "fc", "license": "mit",
+        "paper_ids": "arXiv:2308.01621", **kwargs,
+    }
+
+
+def _create_qlnet(variant: str, pretrained: bool = False, **kwargs: Any) -> QLNet:
+    return build_model_with_cfg(
+        QLNet, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3)), **kwargs
+    )
+
+
+# Table 1 rows: name suffix -> block arguments. Activation defaults to softball@ds (DESIGN.md §2).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "eq3": dict(block="eq3"),
+    "eq3p": dict(block="eq3p"),
+    "eq3_nows": dict(block="eq3", weight_sharing=False),
+    "eq3_nows_x6": dict(block="eq3", weight_sharing=False, multiplier=6),
+    "eq4": dict(block="eq4"),
+    "eq5": dict(block="eq5"),
+    "eq6": dict(block="eq6"),
+    "eq7_nows_x6": dict(block="eq7", weight_sharing=False, multiplier=6),
+}
+
+
+def _make_constructor(name: str, model_args: dict[str, Any]):
+    def constructor(pretrained: bool = False, **kwargs: Any) -> QLNet:
+        return _create_qlnet(name, pretrained, **dict(model_args, **kwargs))
+
+    constructor.__name__ = constructor.__qualname__ = name
+    constructor.__doc__ = f"QL-ConvNet {name}: {model_args} (Liu-Shao-Bai, Table 1 family)."
+    constructor.__module__ = __name__
+    return constructor
+
+
+default_cfgs: dict[str, dict[str, Any]] = {}
+for _depth, _layers in LAYOUTS.items():
+    for _suffix, _args in VARIANTS.items():
+        for _small in (False, True):
+            _name = f"qlnet{_depth}_{_suffix}" + ("_small" if _small else "")
+            _margs = dict(layers=_layers, **_args)
+            if _small:
+                _margs.update(stem="small", widths=SMALL_WIDTHS)
+                default_cfgs[_name] = _cfg(input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0)
+            else:
+                default_cfgs[_name] = _cfg()
+            globals()[_name] = register_image_model(_make_constructor(_name, _margs))
+default_cfgs = generate_default_cfgs(default_cfgs)
