@@ -1,0 +1,1 @@
+"""Training machinery: the engine, recipes, checkpoints, the NaN guard, distributed training, reports."""

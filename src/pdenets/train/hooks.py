@@ -1,0 +1,87 @@
+"""Extension points of the training engine: penalties added to the loss and steps after the optimizer.
+
+A :class:`TrainHook` is created from a spec string ``NAME`` or ``NAME:VALUE`` (``--hook rh-tv:3e-4``,
+or a recipe's ``hooks`` list). Families register theirs with :func:`register_hook` in the modules listed
+in :data:`HOOK_MODULES`, which are imported on first use, so the engine never has to know them.
+
+Hook names in use: ``nuclear-prox`` (symmetry: singular-value soft-thresholding of writer matrices),
+``rh-tv`` and ``box`` (Ruthotto-Haber smoothed-TV in time and box projection), ``layer-smooth``
+(Ruseckas Eq. 82/113), ``cross-layer`` (correlated weights across consecutive blocks).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+# Modules that register hooks when imported.
+HOOK_MODULES: tuple[str, ...] = ()
+
+
+class TrainHook:
+    """Base class. Override what you need; the engine calls every hook at the same points.
+
+    * :meth:`penalty` — a scalar added to the loss of each training step (or ``None``);
+    * :meth:`after_step` — called after each ``optimizer.step()`` under ``torch.no_grad()``
+      (projections, proximal steps); receives the current learning rate;
+    * :meth:`state_dict` / :meth:`load_state_dict` — saved with the training state for exact resume.
+    """
+
+    name: str = ""
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, model: nn.Module, lr: float) -> None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+
+HookFactory = Callable[[float | None], TrainHook]
+_HOOKS: dict[str, HookFactory] = {}
+
+
+def register_hook(name: str) -> Callable[[HookFactory], HookFactory]:
+    """Decorator: ``@register_hook('box')`` on a factory ``(value: float | None) -> TrainHook``."""
+
+    def deco(factory: HookFactory) -> HookFactory:
+        if name in _HOOKS:
+            raise ValueError(f"training hook {name!r} is already registered")
+        _HOOKS[name] = factory
+        return factory
+
+    return deco
+
+
+def _load_providers() -> None:
+    for mod in HOOK_MODULES:
+        importlib.import_module(mod)
+
+
+def list_hooks() -> list[str]:
+    _load_providers()
+    return sorted(_HOOKS)
+
+
+def create_hook(spec: str) -> TrainHook:
+    """Build a hook from ``'NAME'`` or ``'NAME:VALUE'`` (VALUE a float). Unknown names raise ValueError."""
+    _load_providers()
+    name, _, value = spec.partition(":")
+    if name not in _HOOKS:
+        known = ", ".join(sorted(_HOOKS)) or "none registered"
+        raise ValueError(f"unknown training hook {name!r}; expected one of: {known}")
+    try:
+        val = float(value) if value else None
+    except ValueError:
+        raise ValueError(f"hook value must be a number, got {spec!r}") from None
+    hook = _HOOKS[name](val)
+    hook.name = hook.name or name
+    return hook
