@@ -17,6 +17,9 @@ from pdenets.errors import UsageError
 COMMAND_MODULES: tuple[str, ...] = (
     "pdenets.commands.models",
     "pdenets.commands.train",
+    "pdenets.commands.eval",
+    "pdenets.commands.demo",
+    "pdenets.commands.make_imagenet100",
 )
 
 
