@@ -40,7 +40,8 @@ class TrainConfig:
         last checkpoint), nan_lr_factor (lr multiplier per failure), nan_max_failures (consecutive failures
         before stopping), nan_check_grads; inject_nan_steps / inject_nan_module: fault injection for tests
         (optimizer-step attempts at which the output of that module is replaced by NaN; -1: every step).
-    Output: out (run directory), resume (None, a checkpoint path, a run directory or 'auto').
+    Output: out (run directory), report (figures + report.md; summary.json is always written), resume
+        (None, a checkpoint path, a run directory or 'auto').
     """
 
     # model / data
@@ -106,6 +107,7 @@ class TrainConfig:
     inject_nan_module: str | None = None
     # output
     out: str = "runs/train"
+    report: bool = True
     resume: str | None = None
     recipe: str | None = None
 
