@@ -121,7 +121,7 @@ def build_model(name: str, create_kwargs: dict[str, Any]) -> nn.Module:
     if name not in list_models():
         import timm
 
-        if name not in timm.list_models():
+        if not timm.is_model(name):
             raise UsageError(f"unknown model {name!r} (see `pdenets models`)")
     try:
         return create_model(name, **create_kwargs)
