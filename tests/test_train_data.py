@@ -64,3 +64,15 @@ def test_topk_correct_brute_force():
     ranks = (logits > logits.gather(1, y[:, None])).sum(1)  # how many classes beat the target
     assert topk_correct(logits, y, (1, 5)) == [int((ranks < 1).sum()), int((ranks < 5).sum())]
     assert topk_correct(logits[:, :3], y.clamp(max=2), (1, 5))[1] == 50  # k capped at the class count
+
+
+def test_checkpoint_swap_interrupted_falls_back_to_old(tmp_path):
+    """A kill between the two renames of save_checkpoint leaves only last.old: resume must find it."""
+    from pdenets.train.checkpoint import resolve_checkpoint, save_checkpoint
+
+    ck = tmp_path / "checkpoints"
+    save_checkpoint(ck / "last", {"w": torch.ones(2)}, {"model": "m"}, {"epoch": 1})
+    save_checkpoint(ck / "best", {"w": torch.zeros(2)}, {"model": "m"})
+    (ck / "last").rename(ck / "last.old")  # the state right after the first rename
+    assert resolve_checkpoint(tmp_path, prefer="last") == ck / "last.old"
+    assert resolve_checkpoint(tmp_path, prefer="best") == ck / "best"
