@@ -28,7 +28,8 @@ _LIPSCHITZ_ACT = {"relu": 1.0, "identity": 1.0, "tanh": 1.0, "leaky_relu": 1.0, 
 
 def _jacobian(fn, y: torch.Tensor) -> torch.Tensor:
     n = y.numel()
-    jac = torch.autograd.functional.jacobian(lambda v: fn(v.view_as(y)).reshape(-1), y.detach().reshape(-1))
+    jac = torch.autograd.functional.jacobian(
+        lambda v: fn(v.view_as(y)).reshape(-1), y.detach().reshape(-1), vectorize=True)
     return jac.reshape(n, n)
 
 
