@@ -126,7 +126,7 @@ def fit(
         with torch.no_grad():
             for h in hk:
                 h.after_step(model, sched.get_last_lr()[0])
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 
