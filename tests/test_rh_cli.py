@@ -29,6 +29,10 @@ def test_rh_fractions_smoke(tmp_path, capsys):
         assert sum(map(sum, r["confusion"])) == 450
         assert abs(sum(r["confusion"][i][i] for i in range(10)) / 450 - r["test_acc"]) < 1e-6
     assert (out / "fractions.png").stat().st_size > 0 and (out / "confusion.png").stat().st_size > 0
+    merged = tmp_path / "merged"
+    assert main(["rh", "plot", str(out), str(out / "results.json"), "--out", str(merged)]) == 0
+    assert len(json.loads((merged / "results.json").read_text())) == 4 and (merged / "fractions.png").exists()
+    assert main(["rh", "plot", str(tmp_path / "nothing")]) == 2
 
 
 def test_rh_bad_input(capsys):

@@ -78,6 +78,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m.add_argument("--network", default="hamiltonian", choices=NETWORKS)
     m.set_defaults(rh_func=run_multiscale)
 
+    pl = rs.add_parser("plot", help="merge results.json files of `rh fractions` runs into the Fig. 2 / Fig. 3 plots",
+                       description="Read the results.json of one or more `pdenets rh fractions` runs (e.g. one per "
+                       "network, run in parallel) and draw fractions.png and confusion.png into --out.")
+    pl.add_argument("results", nargs="+", help="results.json files or the folders holding them")
+    pl.add_argument("--out", default="runs/rh-fractions", help="output folder (default runs/rh-fractions)")
+    pl.add_argument("--title", default="", help="plot title")
+    pl.set_defaults(rh_func=run_plot)
+
     s = rs.add_parser("stability", help="Jacobian spectra and forward-stability ratios of freshly built units",
                       description="Float64 checks of the paper's stability claims at random points: parabolic "
                       "Jacobian (norm=none) eigenvalues, Hamiltonian spectrum with linear sigma, and "
@@ -126,10 +134,35 @@ def run_fractions(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     plot_fractions(rows, str(out / "fractions.png"), title=f"{args.dataset}: test accuracy vs training data")
     plot_confusions(rows, str(out / "confusion.png"), class_names=data.class_names)
+    _print_table(rows)
+    print(f"wrote {out / 'results.json'}, {out / 'fractions.png'}, {out / 'confusion.png'}")
+    return 0
+
+
+def _print_table(rows: list[dict]) -> None:
+    fracs = sorted({r["fraction"] for r in rows})
     print(f"{'network':<13} " + " ".join(f"{f:>6.0%}" for f in fracs))
-    for dyn in nets:
-        accs = [100 * r["test_acc"] for r in rows if r["dynamics"] == dyn]
-        print(f"{dyn:<13} " + " ".join(f"{a:6.2f}" for a in accs))
+    for dyn in dict.fromkeys(r["dynamics"] for r in rows):
+        acc = {r["fraction"]: 100 * r["test_acc"] for r in rows if r["dynamics"] == dyn}
+        print(f"{dyn:<13} " + " ".join(f"{acc[f]:6.2f}" if f in acc else f"{'-':>6}" for f in fracs))
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from pdenets.analysis.rh_experiments import plot_confusions, plot_fractions
+    from pdenets.errors import UsageError
+
+    rows: list[dict] = []
+    for r in args.results:
+        path = Path(r) / "results.json" if Path(r).is_dir() else Path(r)
+        if not path.is_file():
+            raise UsageError(f"no results file at {str(path)!r}; expected a results.json of `pdenets rh fractions`")
+        rows += json.loads(path.read_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    plot_fractions(rows, str(out / "fractions.png"), title=args.title)
+    plot_confusions(rows, str(out / "confusion.png"))
+    _print_table(rows)
     print(f"wrote {out / 'results.json'}, {out / 'fractions.png'}, {out / 'confusion.png'}")
     return 0
 
