@@ -116,9 +116,10 @@ def _setup(args: argparse.Namespace, name: str):
         raise UsageError("--train-steps and --batch-size must be positive integers")
     if args.threads:
         torch.set_num_threads(args.threads)
+    data = load_data(args.dataset, args.data_dir)
     out = Path(args.out or f"runs/rh-{name}")
     out.mkdir(parents=True, exist_ok=True)
-    return load_data(args.dataset, args.data_dir), out
+    return data, out
 
 
 def _fit_kwargs(args: argparse.Namespace) -> dict:
