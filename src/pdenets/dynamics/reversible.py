@@ -70,6 +70,7 @@ class _ReversibleUnitFn(torch.autograd.Function):
         state: State = tuple(t.detach() for t in ctx.saved_tensors)
         params = [p for p in unit.parameters()]
         grads: list[torch.Tensor | None] = [None] * len(params)
+        ids = {id(q): i for i, q in enumerate(params)}
 
         with torch.enable_grad():
             s = tuple(t.requires_grad_() for t in (u.clone() for u in state))
@@ -87,7 +88,6 @@ class _ReversibleUnitFn(torch.autograd.Function):
                     step_params = [q for layer in unit.step_layers(j) for q in layer.parameters()]
                     gs = torch.autograd.grad(new, p + tuple(step_params), g_state, allow_unused=True)
                 g_state = tuple(torch.zeros_like(t) if g is None else g for t, g in zip(p, gs[: len(p)]))
-                ids = {id(q): i for i, q in enumerate(params)}
                 for q, g in zip(step_params, gs[len(p):]):
                     if g is not None:
                         i = ids[id(q)]
