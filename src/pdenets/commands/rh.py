@@ -69,6 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _common(d)
     d.add_argument("--network", default="parabolic", choices=NETWORKS)
     d.add_argument("--finetune-steps", type=int, default=0, help="optimizer steps after deepening (default 0)")
+    d.add_argument("--time-steps", type=int, default=3, help="time steps per unit before deepening (default 3)")
+    d.add_argument("--h", type=float, default=1.0, help="time step size before deepening (default 1)")
     d.set_defaults(rh_func=run_deepen)
 
     m = rs.add_parser("multiscale", help="train at a coarse resolution, then continue at full resolution",
@@ -175,16 +177,20 @@ def run_deepen(args: argparse.Namespace) -> int:
 
     from pdenets.analysis.rh_experiments import deepen, fit, function_change, model_name, predict
 
+    from pdenets.errors import UsageError
+
+    if args.time_steps < 1 or not args.h > 0:
+        raise UsageError(f"--time-steps must be >= 1 and --h > 0, got {args.time_steps} and {args.h}")
     data, out = _setup(args, "deepen")
     model = timm.create_model(model_name(args.network, args.dataset), num_classes=data.num_classes,
-                              in_chans=data.in_chans)
+                              in_chans=data.in_chans, steps=args.time_steps, h=args.h)
     fit(model, data.x_train, data.y_train, args.train_steps, **_fit_kwargs(args))
 
     def acc(m):
         return float((predict(m, data.x_test).argmax(1) == data.y_test).float().mean())
 
     deep = deepen(copy.deepcopy(model))
-    res = dict(network=args.network, steps_before=[u.steps for u in model.units()],
+    res = dict(network=args.network, h_before=args.h, steps_before=[u.steps for u in model.units()],
                steps_after=[u.steps for u in deep.units()], acc_before=acc(model), acc_after=acc(deep),
                **function_change(model, deep, data.x_test))
     if args.finetune_steps:
