@@ -176,7 +176,6 @@ def run_deepen(args: argparse.Namespace) -> int:
     import timm
 
     from pdenets.analysis.rh_experiments import deepen, fit, function_change, model_name, predict
-
     from pdenets.errors import UsageError
 
     if args.time_steps < 1 or not args.h > 0:
