@@ -1,0 +1,13 @@
+"""Analysis tools: stability of the Ruthotto-Haber dynamics (Jacobian spectra, step bounds, forward probe)."""
+
+from pdenets.analysis.stability import (
+    forward_stability,
+    jacobian_matrix,
+    layer_jacobian_spectrum,
+    operator_norm_sq,
+    parabolic_step_bound,
+)
+
+__all__ = [
+    "forward_stability", "jacobian_matrix", "layer_jacobian_spectrum", "operator_norm_sq", "parabolic_step_bound",
+]

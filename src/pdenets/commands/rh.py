@@ -1,0 +1,269 @@
+"""``pdenets rh``: the Ruthotto-Haber experiments (Fig. 2, Fig. 3, multiscale, shallow-to-deep, stability)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NETWORKS = ("parabolic", "hamiltonian", "second_order")
+
+
+def _floats(s: str) -> list[float]:
+    from pdenets.errors import UsageError
+
+    try:
+        vals = [float(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--fractions must be comma-separated numbers in (0, 1], got {s!r}") from None
+    if not vals or any(not 0 < v <= 1 for v in vals):
+        raise UsageError(f"--fractions must be comma-separated numbers in (0, 1], got {s!r}")
+    return vals
+
+
+def _networks(s: str) -> list[str]:
+    from pdenets.errors import UsageError
+
+    nets = [v.strip() for v in s.split(",") if v.strip()]
+    bad = [n for n in nets if n not in NETWORKS]
+    if bad or not nets:
+        raise UsageError(f"--networks must be a comma-separated subset of {','.join(NETWORKS)}, got {s!r}")
+    return nets
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits", help="digits (default, bundled) or stl10 (needs --data-dir)")
+    p.add_argument("--data-dir", default=None, help="root of a local torchvision STL-10 copy (stl10_binary/)")
+    p.add_argument("--train-steps", type=int, default=300, help="optimizer steps per training run (default 300)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", default=None, help="output folder (default runs/rh-<command>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "rh", help="Ruthotto-Haber experiments: accuracy vs data (Fig. 2), confusion (Fig. 3), multiscale, ...",
+        description="Experiments with the parabolic, Hamiltonian and second-order CNNs of Ruthotto & Haber. "
+        "Digits (bundled, 16 px, rh_*_small networks) by default; STL-10 (rh_*_stl10) from a local copy with "
+        "--dataset stl10 --data-dir DIR. Training: AdamW + cosine, weight decay 5e-4, hooks rh-tv:3e-4 and "
+        "box:1.0, a fixed number of optimizer steps per run.",
+    )
+    rs = p.add_subparsers(dest="rh_command", metavar="EXPERIMENT")
+
+    f = rs.add_parser("fractions", help="test accuracy vs fraction of training data (Fig. 2) + confusion (Fig. 3)",
+                      description="Train the three networks on class-balanced subsets of the training data and "
+                      "test on the whole test split. Writes results.json, fractions.png (Fig. 2) and "
+                      "confusion.png (Fig. 3) to --out.")
+    _common(f)
+    f.add_argument("--fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0",
+                   help="comma-separated fractions of the training data (default 10%%..100%%)")
+    f.add_argument("--networks", default=",".join(NETWORKS), help="subset of parabolic,hamiltonian,second_order")
+    f.set_defaults(rh_func=run_fractions)
+
+    d = rs.add_parser("deepen", help="shallow-to-deep: double the time steps of a trained network (h halved)",
+                      description="Train a network, then refine every unit in time (2x steps, h/2, theta linearly "
+                      "interpolated) and measure how much the function changes; optionally fine-tune.")
+    _common(d)
+    d.add_argument("--network", default="parabolic", choices=NETWORKS)
+    d.add_argument("--finetune-steps", type=int, default=0, help="optimizer steps after deepening (default 0)")
+    d.add_argument("--time-steps", type=int, default=3, help="time steps per unit before deepening (default 3)")
+    d.add_argument("--h", type=float, default=1.0, help="time step size before deepening (default 1)")
+    d.set_defaults(rh_func=run_deepen)
+
+    m = rs.add_parser("multiscale", help="train at a coarse resolution, then continue at full resolution",
+                      description="Multiscale training: half of the steps on coarse images (area-downsampled by 2), "
+                      "the other half at full resolution; compared with all steps at full resolution.")
+    _common(m)
+    m.add_argument("--network", default="hamiltonian", choices=NETWORKS)
+    m.set_defaults(rh_func=run_multiscale)
+
+    pl = rs.add_parser("plot", help="merge results.json files of `rh fractions` runs into the Fig. 2 / Fig. 3 plots",
+                       description="Read the results.json of one or more `pdenets rh fractions` runs (e.g. one per "
+                       "network, run in parallel) and draw fractions.png and confusion.png into --out.")
+    pl.add_argument("results", nargs="+", help="results.json files or the folders holding them")
+    pl.add_argument("--out", default="runs/rh-fractions", help="output folder (default runs/rh-fractions)")
+    pl.add_argument("--title", default="", help="plot title")
+    pl.set_defaults(rh_func=run_plot)
+
+    s = rs.add_parser("stability", help="Jacobian spectra and forward-stability ratios of freshly built units",
+                      description="Float64 checks of the paper's stability claims at random points: parabolic "
+                      "Jacobian (norm=none) eigenvalues, Hamiltonian spectrum with linear sigma, and "
+                      "||Y(T)-Y_eps(T)|| / ||Y(0)-Y_eps(0)|| of each unit.")
+    s.add_argument("--channels", type=int, default=4)
+    s.add_argument("--size", type=int, default=6, help="image side of the test points (default 6)")
+    s.add_argument("--time-steps", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(rh_func=run_stability)
+
+    def dispatch(args: argparse.Namespace) -> int:
+        if not getattr(args, "rh_func", None):
+            p.print_help()
+            return 2
+        return args.rh_func(args)
+
+    p.set_defaults(func=dispatch)
+    return p
+
+
+def _setup(args: argparse.Namespace, name: str):
+    import torch
+
+    from pdenets.analysis.rh_experiments import load_data
+    from pdenets.errors import UsageError
+
+    if args.train_steps < 1 or args.batch_size < 1:
+        raise UsageError("--train-steps and --batch-size must be positive integers")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_data(args.dataset, args.data_dir)
+    out = Path(args.out or f"runs/rh-{name}")
+    out.mkdir(parents=True, exist_ok=True)
+    return data, out
+
+
+def _fit_kwargs(args: argparse.Namespace) -> dict:
+    return dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.no_progress)
+
+
+def run_fractions(args: argparse.Namespace) -> int:
+    from pdenets.analysis.rh_experiments import fractions_experiment, plot_confusions, plot_fractions
+
+    fracs, nets = _floats(args.fractions), _networks(args.networks)
+    data, out = _setup(args, "fractions")
+    rows = fractions_experiment(data, args.dataset, fracs, nets, steps=args.train_steps, **_fit_kwargs(args))
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    plot_fractions(rows, str(out / "fractions.png"), title=f"{args.dataset}: test accuracy vs training data")
+    plot_confusions(rows, str(out / "confusion.png"), class_names=data.class_names)
+    _print_table(rows)
+    print(f"wrote {out / 'results.json'}, {out / 'fractions.png'}, {out / 'confusion.png'}")
+    return 0
+
+
+def _print_table(rows: list[dict]) -> None:
+    fracs = sorted({r["fraction"] for r in rows})
+    print(f"{'network':<13} " + " ".join(f"{f:>6.0%}" for f in fracs))
+    for dyn in dict.fromkeys(r["dynamics"] for r in rows):
+        acc = {r["fraction"]: 100 * r["test_acc"] for r in rows if r["dynamics"] == dyn}
+        print(f"{dyn:<13} " + " ".join(f"{acc[f]:6.2f}" if f in acc else f"{'-':>6}" for f in fracs))
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from pdenets.analysis.rh_experiments import plot_confusions, plot_fractions
+    from pdenets.errors import UsageError
+
+    rows: list[dict] = []
+    for r in args.results:
+        path = Path(r) / "results.json" if Path(r).is_dir() else Path(r)
+        if not path.is_file():
+            raise UsageError(f"no results file at {str(path)!r}; expected a results.json of `pdenets rh fractions`")
+        rows += json.loads(path.read_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    plot_fractions(rows, str(out / "fractions.png"), title=args.title)
+    plot_confusions(rows, str(out / "confusion.png"))
+    _print_table(rows)
+    print(f"wrote {out / 'results.json'}, {out / 'fractions.png'}, {out / 'confusion.png'}")
+    return 0
+
+
+def run_deepen(args: argparse.Namespace) -> int:
+    import copy
+
+    import timm
+
+    from pdenets.analysis.rh_experiments import deepen, fit, function_change, model_name, predict
+    from pdenets.errors import UsageError
+
+    if args.time_steps < 1 or not args.h > 0:
+        raise UsageError(f"--time-steps must be >= 1 and --h > 0, got {args.time_steps} and {args.h}")
+    data, out = _setup(args, "deepen")
+    model = timm.create_model(model_name(args.network, args.dataset), num_classes=data.num_classes,
+                              in_chans=data.in_chans, steps=args.time_steps, h=args.h)
+    fit(model, data.x_train, data.y_train, args.train_steps, **_fit_kwargs(args))
+
+    def acc(m):
+        return float((predict(m, data.x_test).argmax(1) == data.y_test).float().mean())
+
+    deep = deepen(copy.deepcopy(model))
+    res = dict(network=args.network, h_before=args.h, steps_before=[u.steps for u in model.units()],
+               steps_after=[u.steps for u in deep.units()], acc_before=acc(model), acc_after=acc(deep),
+               **function_change(model, deep, data.x_test))
+    if args.finetune_steps:
+        fit(deep, data.x_train, data.y_train, args.finetune_steps, **dict(_fit_kwargs(args), lr=args.lr / 10))
+        res["acc_after_finetune"] = acc(deep)
+    (out / "deepen.json").write_text(json.dumps(res, indent=1))
+    for k, v in res.items():
+        print(f"{k:<22} {v}")
+    return 0
+
+
+def run_multiscale(args: argparse.Namespace) -> int:
+    import time
+
+    import timm
+
+    from pdenets.analysis.rh_experiments import downsample, fit, model_name, predict
+
+    data, out = _setup(args, "multiscale")
+    full = data.x_train.shape[-1]
+    coarse = full // 2
+    res = dict(network=args.network, full_size=full, coarse_size=coarse, train_steps=args.train_steps)
+    for mode in ("full", "multiscale"):
+        model = timm.create_model(model_name(args.network, args.dataset), num_classes=data.num_classes,
+                                  in_chans=data.in_chans)
+        t0 = time.time()
+        if mode == "full":
+            fit(model, data.x_train, data.y_train, args.train_steps, **_fit_kwargs(args))
+        else:
+            half = args.train_steps // 2
+            xc = downsample(data.x_train, coarse)
+            fit(model, xc, data.y_train, half, **_fit_kwargs(args))
+            res["acc_coarse_stage_at_full_res"] = float(
+                (predict(model, data.x_test).argmax(1) == data.y_test).float().mean())
+            fit(model, data.x_train, data.y_train, args.train_steps - half, **_fit_kwargs(args))
+        res[f"{mode}_seconds"] = time.time() - t0
+        res[f"{mode}_test_acc"] = float((predict(model, data.x_test).argmax(1) == data.y_test).float().mean())
+    (out / "multiscale.json").write_text(json.dumps(res, indent=1))
+    for k, v in res.items():
+        print(f"{k:<30} {v}")
+    return 0
+
+
+def run_stability(args: argparse.Namespace) -> int:
+    import torch
+
+    from pdenets.analysis import forward_stability, layer_jacobian_spectrum, parabolic_step_bound
+    from pdenets.dynamics import create_unit
+
+    torch.manual_seed(args.seed)
+    c, n = args.channels + args.channels % 2, args.size
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        y = torch.randn(1, c, n, n)
+        par = create_unit("parabolic", c, steps=args.time_steps, norm="none")
+        ev = layer_jacobian_spectrum(par, y)
+        bound = min(parabolic_step_bound(layer, (n, n)) for layer in par.layers)
+        print(f"parabolic F_sym Jacobian (norm=none, ReLU): eigenvalues in [{ev.real.min():.4g}, "
+              f"{ev.real.max():.3g}], max |Im| {ev.imag.abs().max():.2g}; Euler bound h <= {bound:.4g}")
+        par.h = 0.99 * bound
+        r = forward_stability(par, y.repeat(4, 1, 1, 1), eps=1e-2, trials=8)
+        print(f"parabolic, {args.time_steps} Euler steps at h = 0.99 x bound: max ratio {r.max():.6f} (<= 1)")
+        ham = create_unit("hamiltonian", c, steps=args.time_steps, norm="none", act="identity", bias=False)
+        ev = layer_jacobian_spectrum(ham, y)
+        print(f"Hamiltonian linearisation (sigma = identity): max |Re| / max |lambda| = "
+              f"{ev.real.abs().max() / ev.abs().max():.2e}")
+        for dyn in ("hamiltonian", "second_order"):
+            u = create_unit(dyn, c, steps=args.time_steps, h=1.0, norm="instance")
+            r = forward_stability(u, y.repeat(4, 1, 1, 1), eps=1e-2, trials=8)
+            with torch.no_grad():
+                back = u.reconstruct(u.integrate(y))
+            print(f"{dyn:<12} (instance norm, h=1): ratio {r.min():.3f}..{r.max():.3f}; reconstruction error "
+                  f"{(back - y).abs().max():.2e}")
+    finally:
+        torch.set_default_dtype(old)
+    return 0

@@ -1,0 +1,49 @@
+"""`pdenets rh ...`: the experiments run end to end on a tiny budget and reject bad input."""
+
+import json
+
+import pytest
+import torch
+
+from pdenets.cli import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny workloads: one thread avoids oversubscription on a shared machine (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_rh_fractions_smoke(tmp_path, capsys):
+    out = tmp_path / "frac"
+    rc = main(["rh", "fractions", "--fractions", "0.1,0.2", "--networks", "hamiltonian", "--train-steps", "2",
+               "--batch-size", "16", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["fraction"] for r in rows] == [0.1, 0.2]
+    assert rows[0]["n_train"] == 10 * 14 and rows[1]["n_train"] == 10 * 27  # ⌈f × 135⌉ per class (smallest train class)
+    for r in rows:  # confusion matrix rows sum to the test-set class counts (450 test images)
+        assert sum(map(sum, r["confusion"])) == 450
+        assert abs(sum(r["confusion"][i][i] for i in range(10)) / 450 - r["test_acc"]) < 1e-6
+    assert (out / "fractions.png").stat().st_size > 0 and (out / "confusion.png").stat().st_size > 0
+    merged = tmp_path / "merged"
+    assert main(["rh", "plot", str(out), str(out / "results.json"), "--out", str(merged)]) == 0
+    assert len(json.loads((merged / "results.json").read_text())) == 4 and (merged / "fractions.png").exists()
+    assert main(["rh", "plot", str(tmp_path / "nothing")]) == 2
+
+
+def test_rh_bad_input(capsys):
+    assert main(["rh", "fractions", "--fractions", "0,2"]) == 2
+    assert "--fractions" in capsys.readouterr().err
+    assert main(["rh", "fractions", "--networks", "elliptic"]) == 2
+    assert main(["rh", "deepen", "--dataset", "stl10"]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+
+
+def test_rh_stability_command(capsys):
+    assert main(["rh", "stability", "--channels", "2", "--size", "4", "--time-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Hamiltonian linearisation" in out and "reconstruction error" in out
