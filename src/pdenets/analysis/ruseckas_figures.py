@@ -34,6 +34,7 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
 
 
 def plot_circles(x: torch.Tensor, y: torch.Tensor, path: str | Path) -> Path:
+    x, y = x.detach().cpu().numpy(), y.cpu().numpy()
     fig, ax = plt.subplots(figsize=(4.2, 4))
     for c in (0, 1):
         ax.scatter(*x[y == c].T, s=8, c=CLASS_COLORS[c], label=f"class {c + 1}")
@@ -50,7 +51,8 @@ def plot_transformed(model: OdeNet, x: torch.Tensor, y: torch.Tensor, path: str 
     """Final states coloured by P(class 2); 2-D scatter for N = 2, 3-D for N = 3 (markers: true class)."""
     model.eval()
     xl = model.forward_features(x)
-    p2 = model.forward_head(xl).softmax(1)[:, 1]
+    p2 = model.forward_head(xl).softmax(1)[:, 1].numpy()
+    xl, y = xl.numpy(), y.cpu().numpy()
     markers = ("o", "^")
     if model.width >= 3:
         fig = plt.figure(figsize=(5.4, 4.6))
@@ -82,7 +84,7 @@ def plot_trajectories(
 ) -> Path:
     """States x⁽⁰⁾…x⁽ᴸ⁾ of a few inputs joined by lines, layer numbers beside them (Figs. 2c/5b)."""
     model.eval()
-    states = torch.stack(model.forward_states(x))  # (L+1, B, N)
+    states = torch.stack(model.forward_states(x)).numpy()  # (L+1, B, N)
     label_every = label_every or max(1, model.depth // 10)
     three_d = model.width >= 3
     fig = plt.figure(figsize=(5.4, 4.6))
@@ -107,9 +109,9 @@ def plot_trajectories(
 @torch.no_grad()
 def plot_dense_parameters(model: OdeNet, path: str | Path, title: str = "") -> Path:
     """b̃_i⁽ˡ⁾ (a) and W̃_ij⁽ˡ⁾ (b) against the layer index l (Figs. 3, 4)."""
-    w = model.weight.detach()
-    b = model.bias.detach()
-    layers = torch.arange(model.depth)
+    w = model.weight.detach().cpu().numpy()
+    b = model.bias.detach().cpu().numpy()
+    layers = list(range(model.depth))
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.6))
     for i in range(model.width):
         axs[0].plot(layers, b[:, i], marker="o" if i == 0 else ("+" if i == 1 else "x"), ms=4, lw=0.8,
@@ -123,16 +125,16 @@ def plot_dense_parameters(model: OdeNet, path: str | Path, title: str = "") -> P
     axs[1].set_xlabel("layer $l$")
     axs[1].set_title("b) weights $\\tilde w$")
     axs[1].legend(fontsize=7, ncol=max(1, model.width))
-    fig.suptitle(title or f"parameters vs layer (γ̃ = {float(model.gamma):.3g})")
+    fig.suptitle(title or f"parameters vs layer (γ̃ = {float(model.gamma.detach()):.3g})")
     return _save(fig, path)
 
 
 @torch.no_grad()
 def plot_conv_parameters(model: OdeConvNet, path: str | Path) -> Path:
     """b̃_c⁽ˡ⁾ (a) and every kernel element κ̃⁽ˡ⁾ (b) against l (Fig. 6)."""
-    w = model.weight.detach().reshape(model.depth, -1)
-    b = model.bias.detach()
-    layers = torch.arange(model.depth)
+    w = model.weight.detach().reshape(model.depth, -1).cpu().numpy()
+    b = model.bias.detach().cpu().numpy()
+    layers = list(range(model.depth))
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.6))
     for c in range(model.channels):
         axs[0].plot(layers, b[:, c], lw=1, label=f"ch {c}")
@@ -142,7 +144,7 @@ def plot_conv_parameters(model: OdeConvNet, path: str | Path) -> Path:
     axs[1].plot(layers, w, lw=0.4, alpha=0.6)
     axs[1].set_xlabel("layer $l$")
     axs[1].set_title(f"b) all {w.shape[1]} kernel elements $\\tilde\\kappa$")
-    fig.suptitle(f"conv ODE net: parameters vs layer (γ̃ = {float(model.gamma):.3g})")
+    fig.suptitle(f"conv ODE net: parameters vs layer (γ̃ = {float(model.gamma.detach()):.3g})")
     return _save(fig, path)
 
 
@@ -161,14 +163,14 @@ def plot_conv_activations(model: OdeConvNet, image: torch.Tensor, path: str | Pa
         ax.axis("off")
     vmax = float(final.abs().max()) or 1.0
     for c in range(C):
-        axs[0, c].imshow(final[c], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        axs[0, c].imshow(final[c].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         title = f"ch {c}" + (f"\np={probs[c]:.2f}" if c < probs.numel() else "")
         axs[0, c].set_title(title, fontsize=7)
     chan = torch.stack([s[0, channel] for s in states])  # (L+1, H, W)
     vmax = float(chan.abs().max()) or 1.0
     for layer in range(L + 1):
         ax = axs[1 + layer // ncol, layer % ncol]
-        ax.imshow(chan[layer], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        ax.imshow(chan[layer].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         ax.set_title(f"l={layer}", fontsize=7)
     head = f"digit {label}: " if label is not None else ""
     fig.suptitle(f"{head}a) final-layer activations (row 1); b) channel {channel} after each layer (rows 2-3)",

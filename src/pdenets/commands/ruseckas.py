@@ -9,7 +9,7 @@ from pathlib import Path
 CIRCLE_MODELS = {"r2": "ruseckas_circles_r2", "r3": "ruseckas_circles_r3"}
 # Per-model defaults of the circles runs (chosen by the measured runs in README.md "Ruseckas").
 CIRCLE_DEFAULTS = {
-    "r2": dict(epochs=2000, lr=0.01, optimizer="adam", gamma_lr_scale=0.01),
+    "r2": dict(epochs=1000, lr=0.01, optimizer="sgd", gamma_lr_scale=0.001),
     "r3": dict(epochs=2000, lr=0.02, optimizer="sgd", gamma_lr_scale=0.01),
 }
 
@@ -120,10 +120,10 @@ def run_circles(args: argparse.Namespace) -> int:
         print(f"{name}: {count_params(model)} parameters, {cfg}")
         res = fit(model, x, y, cfg, log_every=max(1, cfg.epochs // 10))
         acc = accuracy(model, x, y)
-        metrics[name] = {"params": count_params(model), "train_acc": acc, "gamma": float(model.gamma),
+        metrics[name] = {"params": count_params(model), "train_acc": acc, "gamma": float(model.gamma.detach()),
                          "final_train_ce": res.history[-1]["train_ce"], "seconds": res.seconds,
                          "config": vars(cfg)}
-        print(f"{name}: training accuracy {acc:.4f}, γ̃ = {float(model.gamma):.4g}, {res.seconds:.1f} s")
+        print(f"{name}: training accuracy {acc:.4f}, γ̃ = {float(model.gamma.detach()):.4g}, {res.seconds:.1f} s")
         torch.save(model.state_dict(), out / f"{name}.pt")
         if not args.no_figures:
             figs.plot_transformed(model, x, y, out / f"{name}_transformed.png",
@@ -131,7 +131,7 @@ def run_circles(args: argparse.Namespace) -> int:
             sample = torch.cat([torch.nonzero(y == 0)[:2, 0], torch.nonzero(y == 1)[:2, 0]])
             figs.plot_trajectories(model, x[sample], y[sample], out / f"{name}_trajectories.png")
             figs.plot_dense_parameters(model, out / f"{name}_parameters.png",
-                                       title=f"{name}: parameters vs layer (γ̃ = {float(model.gamma):.3g})")
+                                       title=f"{name}: parameters vs layer (γ̃ = {float(model.gamma.detach()):.3g})")
             figs.plot_history(res.history, out / f"{name}_history.png", title=name)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"wrote {out}/")
@@ -160,10 +160,10 @@ def run_digits(args: argparse.Namespace) -> int:
         if not raw.is_dir():
             raise UsageError(f"--data-dir {args.data_dir!r}: expected MNIST in torchvision layout ({raw} missing)")
         xtr, ytr, xte, yte = load_mnist(args.data_dir)
-        dataset, defaults = "mnist", dict(epochs=3, lr=0.005, optimizer="adam", gamma_lr_scale=0.1)
+        dataset, defaults = "mnist", dict(epochs=3, lr=0.001, optimizer="adam", gamma_lr_scale=0.1)
     else:
         xtr, ytr, xte, yte = load_digits_split(seed=args.seed)
-        dataset, defaults = "digits", dict(epochs=20, lr=0.005, optimizer="adam", gamma_lr_scale=0.1)
+        dataset, defaults = "digits", dict(epochs=30, lr=0.001, optimizer="adam", gamma_lr_scale=0.1)
     torch.manual_seed(args.seed)
     model = create_model("ruseckas_conv_mnist", in_chans=1, num_classes=10, padding_mode=args.padding_mode)
     cfg = _config(args, defaults, batch_size=args.batch_size)
@@ -173,9 +173,10 @@ def run_digits(args: argparse.Namespace) -> int:
     test_acc = accuracy(model, xte, yte)
     train_acc = accuracy(model, xtr, ytr)
     metrics = {"dataset": dataset, "params": count_params(model), "test_acc": test_acc, "train_acc": train_acc,
-               "gamma": float(model.gamma), "seconds": res.seconds, "config": vars(cfg), "history": res.history}
+               "gamma": float(model.gamma.detach()), "seconds": res.seconds, "config": vars(cfg),
+               "history": res.history}
     print(f"{dataset}: test accuracy {test_acc:.4f}, train accuracy {train_acc:.4f}, "
-          f"γ̃ = {float(model.gamma):.3g}, {res.seconds:.1f} s")
+          f"γ̃ = {float(model.gamma.detach()):.3g}, {res.seconds:.1f} s")
     torch.save(model.state_dict(), out / "ruseckas_conv_mnist.pt")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if not args.no_figures:

@@ -129,8 +129,9 @@ def fit(
             ce_sum += ce.item() * len(idx)
             correct += (logits.argmax(1) == y[idx]).sum().item()
             seen += len(idx)
+        gamma_now = float(getattr(model, "gamma", torch.tensor(float("nan"))).detach())
         row = {"epoch": epoch + 1, "train_ce": ce_sum / seen, "train_acc_running": correct / seen,
-               "gamma": float(getattr(model, "gamma", torch.tensor(float("nan")))), "seconds": time.perf_counter() - t0}
+               "gamma": gamma_now, "seconds": time.perf_counter() - t0}
         last = epoch + 1 == cfg.epochs
         if x_test is not None and y_test is not None and (last or (epoch + 1) % log_every == 0):
             row["test_acc"] = accuracy(model, x_test, y_test)
