@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pdenets.commands.demo",
     "pdenets.commands.make_imagenet100",
     "pdenets.commands.rh",
+    "pdenets.commands.ruseckas",
 )
 
 

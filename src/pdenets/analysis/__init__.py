@@ -1,4 +1,4 @@
-"""Analysis tools: stability of the Ruthotto-Haber dynamics (Jacobian spectra, step bounds, forward probe)."""
+"""Analysis tools: numerical checks of the papers' mathematical claims (one module per family)."""
 
 from pdenets.analysis.stability import (
     forward_stability,

@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
         image = is_image_model(name)
         kwargs = {"num_classes": args.num_classes} if image else {}
         shape = (1, 3, args.img_size, args.img_size) if image else None
-        rows.append(model_stats(name, input_shape=shape, measure=not args.no_macs, **kwargs))
+        try:
+            rows.append(model_stats(name, input_shape=shape, measure=not args.no_macs, **kwargs))
+        except ValueError:  # a model with fixed classes/channels (e.g. ruseckas_conv_mnist): its own defaults
+            rows.append(model_stats(name, measure=not args.no_macs))
     header = f"{'model':<34} {'params':>12} {'params(M)':>9} {'GMACs':>8}  {'output':<14} input"
     print(header)
     print("-" * len(header))

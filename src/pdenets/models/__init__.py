@@ -2,6 +2,7 @@
 
 from pdenets.models import (
     qlnet,  # noqa: F401  (registers the Liu-Shao-Bai QL-ConvNets)
+    ruseckas,  # noqa: F401  (registers the Ruseckas ODE networks)
     ruthotto,  # noqa: F401  (registers the Ruthotto-Haber PDE-CNNs)
 )
 from pdenets.models.registry import create_model, is_image_model, list_models, register_model

@@ -20,6 +20,7 @@ import torch.nn as nn
 # Modules that register hooks when imported.
 HOOK_MODULES: tuple[str, ...] = (
     "pdenets.dynamics.regularizers",
+    "pdenets.train.layer_smooth",
 )
 
 

@@ -1,0 +1,1 @@
+"""Reproductions of the papers' experiments (training loops and their data), called by the CLI."""

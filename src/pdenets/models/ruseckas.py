@@ -1,0 +1,358 @@
+"""Ruseckas' ODE networks: dx/dt = w x + b − γ x³, discretised into L layers (arXiv:1909.03767).
+
+One layer of the forward Euler scheme, Eq. (109) (= Eq. (54) with the scaled parameters of Eq. (110)):
+
+    x⁽ˡ⁺¹⁾ = x⁽ˡ⁾ + W̃⁽ˡ⁾ x⁽ˡ⁾ + b̃⁽ˡ⁾ − γ̃ φ(x⁽ˡ⁾),    φ(x) = sign(x) |x|^μ   (μ = 3: φ(x) = x³, Eq. 57)
+
+and of the explicit two-step linear multistep scheme, Eq. (111), with one trainable k_l per layer:
+
+    x⁽ˡ⁺¹⁾ = (1 − k_l) x⁽ˡ⁾ + k_l x⁽ˡ⁻¹⁾ + W̃⁽ˡ⁾ x⁽ˡ⁾ + b̃⁽ˡ⁾ − γ̃ φ(x⁽ˡ⁾).
+
+The first step of the two-step scheme has no x⁽⁻¹⁾; we start it with x⁽⁻¹⁾ = x⁽⁰⁾ (zero initial
+"velocity", as the leapfrog start in DESIGN.md §5), where the k term cancels, so only k_1 … k_{L−1} exist
+(L − 1 parameters, initialised to 0, which is Euler).
+
+* :class:`OdeNet` — the dense network of §5.1 on points of R^N. Inputs with fewer features than the
+  width N are augmented with zero coordinates (§3.2, Eq. 59: x_i(0) = 0 for i > N_in).
+  Heads: ``'softmax'`` — the logits are the first ``num_classes`` coordinates of x⁽ᴸ⁾ (model 1);
+  ``'sigmoid'`` — one coordinate z = x_k⁽ᴸ⁾ gives P(class 0) = σ(z) (model 2: "the predicted probability
+  of the first class is calculated as sigmoid of x₃"); for a cross-entropy trainer the head returns the
+  two logits [z, 0], whose softmax is (σ(z), 1 − σ(z)).
+* :class:`OdeConvNet` — the convolutional network of §3.4/§5.2, Eq. (75): per layer a k×k convolution
+  over C channels with bias (W̃ = the scaled kernel κ̃, Eq. 73/74) and the cubic term; the input channels
+  are augmented with zero channels up to C; global max pooling; softmax over the first ``num_classes``
+  pooled channels.
+
+All W̃, b̃ are initialised to zero (§4.4): the network starts as x ↦ x − γ̃ x³ per layer, whose signals
+and gradients decay only as a power law (Eqs. 87, 90). γ̃ is one scalar, fixed (a buffer) or learnable.
+
+Registered models (``pdenets.create_model``):
+
+==========================  ======================================================  ==========
+name                        configuration                                            parameters
+==========================  ======================================================  ==========
+``ruseckas_circles_r2``     model 1 of §5.1: R², L = 100, learnable γ̃, softmax      601
+``ruseckas_circles_r3``     model 2 of §5.1: R³ (one zero dim), L = 20, γ̃ = 0.1      240
+                            fixed, sigmoid of x₃
+``ruseckas_conv_mnist``     §5.2: C = 10, L = 20, 3×3, learnable γ̃, max pool         18201
+==========================  ======================================================  ==========
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import build_model_with_cfg, generate_default_cfgs
+
+from pdenets.layers.derivative import check_padding_mode, pad_conv2d
+from pdenets.models.registry import register_image_model, register_model
+
+SCHEMES = ("euler", "lm2")
+
+
+def odd_power(x: torch.Tensor, mu: float) -> torch.Tensor:
+    """φ(x) = sign(x) |x|^μ of Eq. (57); exactly x³ for μ = 3 (so float64 checks are exact)."""
+    if mu == 3:
+        return x * x * x
+    if mu == 1:
+        return x
+    return torch.sign(x) * x.abs().pow(mu)
+
+
+def odd_power_derivative(x: torch.Tensor, mu: float) -> torch.Tensor:
+    """φ'(x) = μ |x|^(μ−1) (3x² for μ = 3), the decay rate of the adjoint in Eqs. (62)/(63)."""
+    if mu == 3:
+        return 3 * x * x
+    if mu == 1:
+        return torch.ones_like(x)
+    return mu * x.abs().pow(mu - 1)
+
+
+class _OdeStack(nn.Module):
+    """Shared machinery: γ̃, μ, the time-stepping scheme and the smoothness-regularised parameters.
+
+    Subclasses hold ``weight`` (L, ...) and ``bias`` (L, ...) and define :meth:`affine` (W̃⁽ˡ⁾x + b̃⁽ˡ⁾).
+    """
+
+    weight: nn.Parameter
+    bias: nn.Parameter
+
+    def _init_common(self, depth: int, gamma: float, learn_gamma: bool, mu: float, scheme: str) -> None:
+        if depth < 1:
+            raise ValueError(f"depth (number of layers L) must be positive, got {depth}")
+        if mu < 1:
+            raise ValueError(f"nonlinearity exponent mu must be >= 1 (Eq. 57 uses mu > 1), got {mu}")
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+        self.depth = depth
+        self.mu = float(mu)
+        self.scheme = scheme
+        self.learn_gamma = learn_gamma
+        g = torch.tensor(float(gamma))
+        if learn_gamma:
+            self.gamma = nn.Parameter(g)
+        else:
+            self.register_buffer("gamma", g)
+        if scheme == "lm2":
+            self.k = nn.Parameter(torch.zeros(max(depth - 1, 0)))
+        else:
+            self.k = None
+
+    # -- one layer --------------------------------------------------------------------------------
+    def affine(self, layer: int, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def velocity(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Δt·F(x⁽ˡ⁾) = W̃⁽ˡ⁾x⁽ˡ⁾ + b̃⁽ˡ⁾ − γ̃ φ(x⁽ˡ⁾), the increment of Eq. (109)."""
+        return self.affine(layer, x) - self.gamma * odd_power(x, self.mu)
+
+    def layer_k(self, layer: int) -> torch.Tensor | float:
+        """k_l of Eq. (111) (0 for the first layer and for the Euler scheme)."""
+        if self.k is None or layer == 0:
+            return 0.0
+        return self.k[layer - 1]
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All hidden states [x⁽⁰⁾ (augmented input), x⁽¹⁾, …, x⁽ᴸ⁾] (L + 1 tensors)."""
+        x = self.augment(x)
+        states = [x]
+        prev = x
+        for layer in range(self.depth):
+            cur = states[-1]
+            nxt = cur + self.velocity(layer, cur)
+            if self.k is not None and layer > 0:
+                nxt = nxt + self.layer_k(layer) * (prev - cur)
+            prev = cur
+            states.append(nxt)
+        return states
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final state x⁽ᴸ⁾."""
+        return self.forward_states(x)[-1]
+
+    def layer_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W̃, b̃) stacked over layers, first dimension L: what the smoothness penalty (Eq. 113) sees."""
+        return self.weight, self.bias
+
+    def extra_repr(self) -> str:
+        g = "learnable" if self.learn_gamma else "fixed"
+        return f"depth={self.depth}, mu={self.mu:g}, gamma={g}, scheme={self.scheme}"
+
+
+class OdeNet(_OdeStack):
+    """Dense ODE network of Eqs. (54)/(109)/(111) on R^N with zero-initialised W̃, b̃ (§4.4).
+
+    Args:
+        in_features: dimension of the input points (2 for the circles).
+        width: N, the state dimension; ``width - in_features`` zero coordinates are appended (§3.2).
+        depth: L, the number of layers (Euler steps).
+        num_classes: outputs. ``'softmax'`` head: the first ``num_classes`` ≤ N coordinates of x⁽ᴸ⁾
+            (default N). ``'sigmoid'`` head: must be 2 (the logits [z, 0]).
+        gamma: γ̃ = Δt γ (Eq. 110), the initial value when learnable.
+        learn_gamma: train γ̃ (one extra parameter, like a PReLU slope) or keep it fixed (a buffer).
+        mu: exponent of the nonlinearity sign(x)|x|^μ (Eq. 57); 3 is the cubic of Eq. (56).
+        scheme: ``'euler'`` (Eq. 109) or ``'lm2'`` (Eq. 111, trainable k_l).
+        head: ``'softmax'`` over the final state or ``'sigmoid'`` of one coordinate.
+        head_index: the coordinate k of the sigmoid head (default: the last, x₃ in R³).
+    """
+
+    def __init__(
+        self,
+        in_features: int = 2,
+        width: int | None = None,
+        depth: int = 100,
+        num_classes: int | None = None,
+        gamma: float = 0.0,
+        learn_gamma: bool = True,
+        mu: float = 3.0,
+        scheme: str = "euler",
+        head: str = "softmax",
+        head_index: int = -1,
+    ) -> None:
+        super().__init__()
+        width = in_features if width is None else width
+        if in_features < 1:
+            raise ValueError(f"in_features must be positive, got {in_features}")
+        if width < in_features:
+            raise ValueError(f"width N={width} must be >= in_features={in_features} (augmentation adds zeros)")
+        if head not in ("softmax", "sigmoid"):
+            raise ValueError(f"head must be 'softmax' or 'sigmoid', got {head!r}")
+        if head == "softmax":
+            num_classes = width if num_classes is None else num_classes
+            if not 1 <= num_classes <= width:
+                raise ValueError(
+                    f"num_classes={num_classes} is incompatible with the softmax head over a state of width "
+                    f"{width}: need 1 <= num_classes <= width"
+                )
+        else:
+            num_classes = 2 if num_classes is None else num_classes
+            if num_classes != 2:
+                raise ValueError(f"num_classes={num_classes} is incompatible with the two-class sigmoid head: need 2")
+            if not -width <= head_index < width:
+                raise ValueError(f"head_index={head_index} is out of range for width {width}")
+        self._init_common(depth, gamma, learn_gamma, mu, scheme)
+        self.in_features = in_features
+        self.width = width
+        self.num_classes = num_classes
+        self.head = head
+        self.head_index = head_index % width
+        self.weight = nn.Parameter(torch.zeros(depth, width, width))
+        self.bias = nn.Parameter(torch.zeros(depth, width))
+        self.example_input_shape = (1, in_features)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"expected input of shape (batch, {self.in_features}), got {tuple(x.shape)}")
+        if self.width > self.in_features:
+            x = F.pad(x, (0, self.width - self.in_features))
+        return x
+
+    def affine(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight[layer].T + self.bias[layer]
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head == "softmax":
+            return x[:, : self.num_classes]
+        z = x[:, self.head_index]
+        return torch.stack([z, torch.zeros_like(z)], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class OdeConvNet(_OdeStack):
+    """Convolutional ODE network of Eq. (75), §5.2: zero-channel augmentation, L conv layers, max pool.
+
+    Args:
+        in_chans: input image channels (augmented with zero channels up to ``channels``).
+        channels: C, the constant number of channels of the state.
+        depth: L, the number of layers.
+        num_classes: the first ``num_classes`` ≤ C pooled channels are the logits (0: return all C).
+        gamma, learn_gamma, mu, scheme: as :class:`OdeNet`.
+        kernel_size: odd kernel size of κ̃ (3 in the paper).
+        padding_mode: boundary condition, one of ``pdenets.layers.derivative.PADDING_MODES`` (the paper
+            zero-pads).
+        global_pool: ``'max'`` (the paper) or ``'avg'``.
+        pretrained: accepted for timm compatibility; there are no pretrained weights.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        channels: int = 10,
+        depth: int = 20,
+        num_classes: int = 10,
+        gamma: float = 0.0,
+        learn_gamma: bool = True,
+        mu: float = 3.0,
+        scheme: str = "euler",
+        kernel_size: int = 3,
+        padding_mode: str = "zeros",
+        global_pool: str = "max",
+        img_size: int = 28,
+    ) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels C must be positive, got {channels}")
+        if not 1 <= in_chans <= channels:
+            raise ValueError(
+                f"in_chans={in_chans} is incompatible with C={channels} channels: the input is augmented with "
+                f"zero channels up to C, so need 1 <= in_chans <= C"
+            )
+        if not 0 <= num_classes <= channels:
+            raise ValueError(
+                f"num_classes={num_classes} is incompatible with C={channels} channels: the logits are pooled "
+                f"channels, so need num_classes <= C (or raise channels=...)"
+            )
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+        if global_pool not in ("max", "avg"):
+            raise ValueError(f"global_pool must be 'max' or 'avg', got {global_pool!r}")
+        self._init_common(depth, gamma, learn_gamma, mu, scheme)
+        self.padding_mode = check_padding_mode(padding_mode)
+        self.in_chans = in_chans
+        self.channels = channels
+        self.num_classes = num_classes
+        self.num_features = channels
+        self.global_pool = global_pool
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.zeros(depth, channels, channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(depth, channels))
+        self.example_input_shape = (1, in_chans, img_size, img_size)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input of shape (batch, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        if self.channels > self.in_chans:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.channels - self.in_chans))
+        return x
+
+    def affine(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return pad_conv2d(x, self.weight[layer], padding_mode=self.padding_mode, bias=self.bias[layer])
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3)) if self.global_pool == "max" else x.mean(dim=(2, 3))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x)
+        if pre_logits or self.num_classes == 0:
+            return x
+        return x[:, : self.num_classes]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return nn.Identity()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if not 0 <= num_classes <= self.channels:
+            raise ValueError(f"num_classes={num_classes} must be <= C={self.channels}")
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+
+
+# ---- registration ---------------------------------------------------------------------------------
+
+
+@register_model
+def ruseckas_circles_r2(num_classes: int = 2, in_features: int = 2, **kwargs: Any) -> OdeNet:
+    """Model 1 of §5.1: R², L = 100, learnable γ̃ (init 0), softmax of x⁽ᴸ⁾ — 601 parameters."""
+    args: dict[str, Any] = dict(width=2, depth=100, gamma=0.0, learn_gamma=True, head="softmax")
+    args.update(kwargs)
+    return OdeNet(in_features=in_features, num_classes=num_classes, **args)
+
+
+@register_model
+def ruseckas_circles_r3(num_classes: int = 2, in_features: int = 2, **kwargs: Any) -> OdeNet:
+    """Model 2 of §5.1: R³ with x₃(0) = 0, L = 20, fixed γ̃ = 0.1, P(class 0) = σ(x₃⁽ᴸ⁾) — 240 parameters."""
+    args: dict[str, Any] = dict(width=3, depth=20, gamma=0.1, learn_gamma=False, head="sigmoid", head_index=2)
+    args.update(kwargs)
+    return OdeNet(in_features=in_features, num_classes=num_classes, **args)
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "", "num_classes": 10, "input_size": (1, 28, 28), "pool_size": None, "crop_pct": 1.0,
+        "interpolation": "bilinear", "mean": (0.0,), "std": (1.0,), "first_conv": "", "classifier": "",
+        "paper_ids": "arXiv:1909.03767", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({"ruseckas_conv_mnist": _cfg()})
+
+
+@register_image_model
+def ruseckas_conv_mnist(pretrained: bool = False, **kwargs: Any) -> OdeConvNet:
+    """§5.2: C = 10, L = 20, 3×3 convs, learnable γ̃, global max pool — (3·3·10·10 + 10)·20 + 1 = 18201
+    parameters. ``in_chans``, ``num_classes`` (≤ C), ``channels``, ``depth``, ``padding_mode`` … adjustable."""
+    args: dict[str, Any] = dict(channels=10, depth=20, gamma=0.0, learn_gamma=True)
+    args.update(kwargs)
+    return build_model_with_cfg(OdeConvNet, "ruseckas_conv_mnist", pretrained=False, **args)
