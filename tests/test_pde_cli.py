@@ -40,3 +40,4 @@ def test_kernels_command(tmp_path, capsys):
     assert (tmp_path / "kernels.png").stat().st_size > 1000
     assert main(["pde", "kernels", "--model", "no_such_model"]) == 2
     assert main(["pde", "kernels", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err

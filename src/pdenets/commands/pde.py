@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "smoothing identity [1 2 1]/4 (Sobel = 8h dx exactly).",
     )
     src = k.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written by `pdenets train`")
+    src.add_argument("--checkpoint", metavar="CKPT", help="run dir, checkpoint dir or .safetensors of `pdenets train`")
     src.add_argument("--model", metavar="NAME", help="registered model name (its initial, untrained kernels)")
     k.add_argument("--basis", choices=("fd", "rh"), default="fd", help="identity stencil of the basis (default fd)")
     k.add_argument("--h", type=float, default=1.0, help="mesh size (default 1 = one pixel)")
@@ -64,13 +64,16 @@ def _load_model(args: argparse.Namespace):
     if args.checkpoint:
         from pathlib import Path
 
-        if not Path(args.checkpoint).is_file():
-            raise UsageError(f"--checkpoint {args.checkpoint!r} is not a file")
+        if not Path(args.checkpoint).exists():
+            raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist (run dir, checkpoint dir or file)")
         try:
             from pdenets.train.checkpoint import load_model
         except ImportError:
             raise UsageError("--checkpoint needs the trainer (pdenets.train.checkpoint), missing here") from None
-        model, _meta = load_model(args.checkpoint)
+        try:
+            model, _meta = load_model(args.checkpoint)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise UsageError(f"cannot load --checkpoint {args.checkpoint!r}: {e}") from None
         return model, args.checkpoint
     import torch
 

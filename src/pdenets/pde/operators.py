@@ -238,10 +238,10 @@ def plot_report(rows: list[KernelRow], path: str, title: str = "") -> None:
         ax_s.barh(range(n), shares[:, g], left=left, color=colors[g], label=f"order {ORDER_GROUPS[g]}")
         left += shares[:, g]
     ax_s.set_yticks(range(n), [])
-    ax_s.invert_yaxis()
+    ax_s.set_ylim(n - 0.5, -0.5)  # same rows as the heat map
     ax_s.set_xlim(0, 1)
     ax_s.set_title("share of energy by order")
-    ax_s.legend(loc="lower right", fontsize=7)
+    ax_s.legend(loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=4, fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
