@@ -196,3 +196,23 @@ def test_dilation_pde_zooms(f64):
     assert errs[1] < 0.02 and errs[0] / errs[1] > 3
     with pytest.raises(ValueError, match="CFL"):
         dilation_resnet(9, 9, 0.25, tau=1.0)
+
+
+def test_padding_modes_are_boundary_conditions(f64):
+    """Heat flow under each padding: replicate (Neumann, cell-centred) and circular (periodic) conserve the
+    total heat Σu exactly; reflect (Neumann with the boundary on the edge pixels) conserves the trapezoid
+    sum (edge rows/columns weighted ½); zeros (Dirichlet u = 0 one pixel outside) loses heat."""
+    g = torch.Generator().manual_seed(0)
+    u0 = torch.rand(1, 1, 12, 10, generator=g)
+    w = torch.ones(12, 10)
+    w[0, :] *= 0.5
+    w[-1, :] *= 0.5
+    w[:, 0] *= 0.5
+    w[:, -1] *= 0.5
+    sums = {}
+    for mode in ("zeros", "replicate", "circular", "reflect"):
+        u = HeatResNet(0.2, 1.0, 30, padding_mode=mode)(u0)
+        sums[mode] = (u.sum() - u0.sum()).item(), ((u - u0)[0, 0] * w).sum().item()
+    assert abs(sums["replicate"][0]) < 1e-12 and abs(sums["circular"][0]) < 1e-12
+    assert abs(sums["reflect"][1]) < 1e-12 and abs(sums["reflect"][0]) > 1e-3
+    assert sums["zeros"][0] < -1.0
