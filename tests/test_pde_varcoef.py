@@ -123,10 +123,10 @@ def test_varcoef_and_cross_layer_train_on_digits(one_thread):
     model = create_model("qlnet26_eq3_small", var_coef="affine", num_classes=10, in_chans=1, widths=(8, 16, 32, 32))
     hook = create_hook("cross-layer:1e-3")
     model = nn.Sequential(model)  # wrapped models work too (pairs are found anywhere)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     g = torch.Generator().manual_seed(0)
-    for _ in range(25):
+    for _ in range(16):
         idx = torch.randint(0, len(y), (64,), generator=g)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         pen = hook.penalty(model)
@@ -135,6 +135,6 @@ def test_varcoef_and_cross_layer_train_on_digits(one_thread):
         opt.step()
         losses.append(loss.item())
         assert torch.isfinite(pen)
-    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4, losses
     coef = model[0].layer1[0].conv_d[1].weight
     assert coef[:, 1:].abs().max() > 0  # the coordinate coefficients were trained

@@ -211,7 +211,7 @@ def format_report(rows: list[KernelRow], max_rows: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def plot_report(rows: list[KernelRow], path: str, title: str = "") -> None:
+def plot_report(rows: list[KernelRow], path: str, title: str = "", max_rows: int = 96) -> None:
     """Figure: the stencils, their operator coefficients (heat map) and order shares (stacked bars)."""
     import matplotlib
 
@@ -220,6 +220,9 @@ def plot_report(rows: list[KernelRow], path: str, title: str = "") -> None:
 
     if not rows:
         raise ValueError("no derivative kernels to plot")
+    if len(rows) > max_rows:  # e.g. a no-ws model has one kernel per channel: show the first ones
+        title = f"{title} (first {max_rows} of {len(rows)} kernels)".strip()
+        rows = rows[:max_rows]
     n = len(rows)
     labels = [f"{r.module.replace('.conv_d', '')}[{r.index}]" for r in rows]
     coef = np.stack([r.coefficients for r in rows])
