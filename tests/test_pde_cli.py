@@ -41,3 +41,13 @@ def test_kernels_command(tmp_path, capsys):
     assert main(["pde", "kernels", "--model", "no_such_model"]) == 2
     assert main(["pde", "kernels", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_models_reports_var_coef_cost(capsys):
+    assert main(["models", "qlnet18_eq3*small", "--no-macs"]) == 0
+    out = capsys.readouterr().out
+    rows = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.startswith("qlnet18_eq3")}
+    # 100 classes: base 339,924; affine adds 3 per derivative channel (m·Σn = 4·256 = 1024), quadratic 6
+    assert rows["qlnet18_eq3_small"] == "339,924"
+    assert rows["qlnet18_eq3_varcoef_small"] == "342,996"
+    assert rows["qlnet18_eq3_varcoef_quad_small"] == "346,068"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from pdenets.errors import UsageError
 from pdenets.train.hooks import TrainHook, register_hook
 
 TV_EPS = 1e-3
@@ -86,7 +87,7 @@ class CrossLayerHook(TrainHook):
         if self._cache is None or self._cache[0] != id(model):
             pairs = consecutive_weight_pairs(model, self.weights_only)
             if not pairs:
-                raise ValueError(
+                raise UsageError(
                     f"cross-layer hook: {type(model).__name__} has no consecutive blocks with matching weight "
                     "shapes (it needs nn.Sequential/nn.ModuleList stages of at least two same-class blocks)"
                 )
