@@ -73,6 +73,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _tensors_to_numpy(obj: Any) -> Any:
+    if torch.is_tensor(obj):
+        return obj.cpu().numpy()
+    if isinstance(obj, dict):
+        return {k: _tensors_to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_tensors_to_numpy(v) for v in obj)
+    return obj
+
+
+def _numpy_to_tensors(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, dict):
+        return {k: _numpy_to_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_numpy_to_tensors(v) for v in obj)
+    return obj
+
+
 def model_create_kwargs(name: str, info, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Constructor keywords for ``create_model(name)`` on a data set: ``num_classes`` and ``in_chans`` for
     image models; for other models only those of ``num_classes`` / ``in_features`` / ``in_chans`` that the
@@ -172,15 +192,19 @@ def evaluate(model: nn.Module, loader, device: str | torch.device = "cpu", *, nu
     return res
 
 
+def _max_rank_weight_diff(model: nn.Module, d: DistInfo) -> float:
+    """max |w_rank - w_rank0| over all parameters and ranks (0 when DDP kept the replicas in sync)."""
+    import torch.distributed as tdist
+
+    flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
+    ref = flat.clone()
+    tdist.broadcast(ref, 0)
+    diff = (flat - ref).abs().max()
+    tdist.all_reduce(diff, op=tdist.ReduceOp.MAX)
+    return float(diff)
+
+
 # ---- training -------------------------------------------------------------------------------------
-
-
-class _Run:
-    """State of one training run (one object so the epoch loop, the guard and checkpointing share it)."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg
-        self.t0 = time.time()
 
 
 def _resolve_resume(cfg: TrainConfig, run_dir: Path) -> Path | None:
@@ -226,6 +250,10 @@ def _train(cfg: TrainConfig, d: DistInfo, t_start: float) -> dict[str, Any]:
     run_dir = Path(cfg.out)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (run_dir / "checkpoints").glob("*.tmp-*"):  # left by a run killed while saving
+            import shutil
+
+            shutil.rmtree(stale, ignore_errors=True)
     barrier(d)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -305,7 +333,9 @@ def _train(cfg: TrainConfig, d: DistInfo, t_start: float) -> dict[str, Any]:
             g["lr"] = lr * guard_scale
 
     def schedule(num_updates: int | None = None, epoch: int | None = None) -> None:
+        """Let the scheduler set the lr (from the unscaled values), then apply the NaN guard's factor."""
         if scheduler is not None:
+            apply_lr(1.0)
             if num_updates is not None:
                 scheduler.step_update(num_updates)
             if epoch is not None:
@@ -515,7 +545,7 @@ def _train(cfg: TrainConfig, d: DistInfo, t_start: float) -> dict[str, Any]:
                    epoch_seconds=ep_seconds, wall_seconds=time.time() - t_start,
                    nan_failures=guard.total_failures if guard else 0)
         logger.log_epoch(row)
-        if d.is_main and cfg.progress:
+        if d.is_main:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc "
                        f"{row['train_top1']:.2f}% | val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% "
                        f"top-5 {row['val_top5']:.2f}% | lr {row['lr']:.2e} | {row['img_per_s']:.0f} img/s | "
@@ -526,8 +556,8 @@ def _train(cfg: TrainConfig, d: DistInfo, t_start: float) -> dict[str, Any]:
             import torch.distributed as tdist
 
             gathered: list[Any] = [None] * d.world_size
-            tdist.all_gather_object(gathered, local_rng)
-            all_rng = gathered
+            tdist.all_gather_object(gathered, _tensors_to_numpy(local_rng))  # tensors do not pickle through gloo
+            all_rng = [_numpy_to_tensors(g) for g in gathered]
         else:
             all_rng = local_rng
         save_last(epoch + 1)
@@ -545,21 +575,24 @@ def _train(cfg: TrainConfig, d: DistInfo, t_start: float) -> dict[str, Any]:
     # final evaluation (with the confusion matrix) of the last weights (the EMA weights with --ema)
     final = evaluate(eval_model(), loaders.eval, d.device, num_classes=info.num_classes, amp=cfg.amp,
                      channels_last=cfg.channels_last, dist_info=d, confusion=True)
+    rank_diff = _max_rank_weight_diff(model, d) if d.distributed else 0.0
     summary = dict(
         model=cfg.model, dataset=cfg.dataset, recipe=cfg.recipe, epochs=st["epoch"], epochs_planned=cfg.epochs,
         steps=st["step"], test_top1=final["top1"], test_top5=final["top5"], test_loss=final["loss"],
         test_samples=final["n"], best_top1=max(st["best_top1"], 0.0), best_epoch=st["best_epoch"],
         params=n_params, wall_seconds=time.time() - t_start, status=status, message=stop_msg,
         nan_failures=guard.total_failures if guard else 0, world_size=d.world_size, device=str(d.device),
-        img_size=loaders.img_size, run_dir=str(run_dir), checkpoint=str(run_dir / "checkpoints" / "last"),
+        img_size=loaders.img_size, ddp_max_rank_weight_diff=rank_diff, run_dir=str(run_dir),
+        checkpoint=str(run_dir / "checkpoints" / "last"),
     )
     logger.close()
     if d.is_main:
-        from pdenets.train.report import write_report
-
         summary["confusion"] = final["confusion"]
         summary["class_names"] = info.class_names
-        write_report(run_dir, cfg.to_dict(), summary)
+        if cfg.report:
+            from pdenets.train.report import write_report
+
+            write_report(run_dir, cfg.to_dict(), summary)
         ckpt.atomic_write_text(run_dir / "summary.json", json.dumps(
             {k: v for k, v in summary.items() if k not in ("confusion", "class_names")}, indent=2))
     return summary
