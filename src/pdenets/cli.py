@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pdenets.commands.make_imagenet100",
     "pdenets.commands.rh",
     "pdenets.commands.ruseckas",
+    "pdenets.commands.pde",
 )
 
 

@@ -28,6 +28,7 @@ from timm.layers import DropPath
 
 from pdenets.layers.activations import create_act
 from pdenets.layers.derivative import DerivativeConv
+from pdenets.layers.varcoef import CoordinateCoefficients
 
 
 def conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
@@ -47,6 +48,9 @@ class QLBlock(nn.Module):
         radius: radius of hardball/softball (default sqrt(o)).
         padding_mode: boundary condition of the derivative conv ('zeros', 'reflect', 'replicate',
             'circular').
+        var_coef: None, 'affine' or 'quadratic': multiply the derivative channels by learned functions of
+            the pixel coordinates (§3 first bullet; :mod:`pdenets.layers.varcoef`); then ``conv_d`` is
+            ``nn.Sequential(DerivativeConv, CoordinateCoefficients)``.
         zero_init_last: initialise the last BN's γ to zero so the block starts as the identity.
         drop_path: stochastic-depth rate.
     """
@@ -63,6 +67,7 @@ class QLBlock(nn.Module):
         act: str = "none",
         radius: float | None = None,
         padding_mode: str = "zeros",
+        var_coef: str | None = None,
         zero_init_last: bool = True,
         drop_path: float = 0.0,
     ) -> None:
@@ -85,11 +90,20 @@ class QLBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.act = create_act(act, out_chs, radius)
         self.act_name = act
+        self.var_coef = var_coef
 
-    def _derivative(self, channels: int, stride: int) -> DerivativeConv:
-        return DerivativeConv(
+    def _derivative(self, channels: int, stride: int) -> nn.Module:
+        return self._with_var_coef(DerivativeConv(
             channels, self.multiplier, self.weight_sharing, stride=stride, padding_mode=self.padding_mode
-        )
+        ))
+
+    def _with_var_coef(self, conv: DerivativeConv) -> nn.Module:
+        """``conv``, followed by the coordinate-dependent coefficients when ``var_coef`` is set."""
+        if getattr(self, "var_coef", None) is None:
+            return conv
+        if getattr(self, "fused", False):
+            raise ValueError("var_coef cannot be combined with fused=True")
+        return nn.Sequential(conv, CoordinateCoefficients(conv.out_channels, self.var_coef))
 
     def init_last_bn(self) -> None:
         bn = getattr(self, "bn_a", None)
@@ -244,10 +258,10 @@ class Eq7Block(QLBlock):
         super().__init__(in_chs, out_chs, stride, **kwargs)
         mid = in_chs * self.multiplier
         self.conv_c = conv1x1(in_chs, mid)
-        self.conv_d = DerivativeConv(
+        self.conv_d = self._with_var_coef(DerivativeConv(
             mid, 1, self.weight_sharing, stride=stride, padding_mode=self.padding_mode,
             interleave="kernel", kernels=self.multiplier,
-        )
+        ))
         self.bn_d = nn.BatchNorm2d(mid)
         self.conv_a = conv1x1(mid, out_chs)
         self.bn_a = nn.BatchNorm2d(out_chs)

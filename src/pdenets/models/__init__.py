@@ -2,6 +2,7 @@
 
 from pdenets.models import (
     qlnet,  # noqa: F401  (registers the Liu-Shao-Bai QL-ConvNets)
+    qlnet_varcoef,  # noqa: F401  (QL-ConvNets with variable coefficients)
     ruseckas,  # noqa: F401  (registers the Ruseckas ODE networks)
     ruthotto,  # noqa: F401  (registers the Ruthotto-Haber PDE-CNNs)
 )

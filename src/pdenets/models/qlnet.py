@@ -49,7 +49,7 @@ class QLNet(nn.Module):
         act: 'none', 'relu', 'hardtanh', 'hardball' or 'softball' (also 'softball@ds' notation).
         act_placement: 'ds' (after downsampling blocks and after the last stage) or 'all'.
         radius: radius of hardball/softball (default sqrt(width) at each placement).
-        padding_mode: boundary condition of the derivative convs.
+        padding_mode: boundary condition of the derivative convs and of the stem conv (every conv that pads).
         stem: 'imagenet' (7×7/2 + max-pool) or 'small' (3×3/1, no max-pool).
         drop_rate: dropout before the classifier.  drop_path_rate: stochastic depth (linear in depth).
         zero_init_last: zero γ of each block's last BN.
@@ -99,11 +99,11 @@ class QLNet(nn.Module):
 
         w0 = widths[0]
         if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_chans, w0, 7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_chans, w0, 7, stride=2, padding=3, bias=False, padding_mode=padding_mode)
             self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
             reduction = 4
         else:
-            self.conv1 = nn.Conv2d(in_chans, w0, 3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(in_chans, w0, 3, stride=1, padding=1, bias=False, padding_mode=padding_mode)
             self.maxpool = nn.Identity()
             reduction = 1
         self.bn1 = nn.BatchNorm2d(w0)

@@ -21,6 +21,7 @@ import torch.nn as nn
 HOOK_MODULES: tuple[str, ...] = (
     "pdenets.dynamics.regularizers",
     "pdenets.train.layer_smooth",
+    "pdenets.pde.cross_layer",
 )
 
 
