@@ -28,6 +28,7 @@ from timm.layers import DropPath
 
 from pdenets.layers.activations import create_act
 from pdenets.layers.derivative import DerivativeConv
+from pdenets.layers.fused import fused_derivative_bn
 
 
 def conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
@@ -49,6 +50,8 @@ class QLBlock(nn.Module):
             'circular').
         zero_init_last: initialise the last BN's γ to zero so the block starts as the identity.
         drop_path: stochastic-depth rate.
+        fused: compute the derivative conv, its BatchNorm and (Eqs. (3), (3p), (5)) the coefficient product
+            with :func:`~pdenets.layers.fused.fused_derivative_bn` (same function, less memory).
     """
 
     equation: str = ""
@@ -65,6 +68,7 @@ class QLBlock(nn.Module):
         padding_mode: str = "zeros",
         zero_init_last: bool = True,
         drop_path: float = 0.0,
+        fused: bool = False,
     ) -> None:
         super().__init__()
         if in_chs < 1 or out_chs < 1:
@@ -76,6 +80,7 @@ class QLBlock(nn.Module):
         self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
         self.multiplier, self.weight_sharing, self.padding_mode = multiplier, weight_sharing, padding_mode
         self.zero_init_last = zero_init_last
+        self.fused = fused
         if stride != 1 or in_chs != out_chs:
             self.downsample: nn.Module | None = nn.Sequential(
                 conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs)
@@ -128,6 +133,8 @@ class Eq3Block(QLBlock):
         self.init_last_bn()
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self.bn_a(self.conv_a(fused_derivative_bn(x, self.conv_d, self.bn_d, x, self.conv_c)))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x)) * self.conv_c(x)))
 
 
@@ -148,6 +155,8 @@ class Eq3PBlock(Eq3Block):
         self.conv_p = conv1x1(in_chs, in_chs)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self.bn_a(self.conv_a(fused_derivative_bn(self.conv_p(x), self.conv_d, self.bn_d, x, self.conv_c)))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(self.conv_p(x))) * self.conv_c(x)))
 
 
@@ -172,6 +181,8 @@ class Eq4Block(QLBlock):
         self.init_last_bn()
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self.bn_a(self.conv_a(fused_derivative_bn(x, self.conv_d, self.bn_d)) * self.conv_c(x))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x))) * self.conv_c(x))
 
 
@@ -200,7 +211,10 @@ class Eq5Block(QLBlock):
         self.conv_c = conv1x1(in_chs, mid, stride)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn_d(self.conv_d(x)) * self.conv_c(x)
+        if self.fused:
+            y = fused_derivative_bn(x, self.conv_d, self.bn_d, x, self.conv_c)
+        else:
+            y = self.bn_d(self.conv_d(x)) * self.conv_c(x)
         n, _, h, w = y.shape
         return y.view(n, self.out_chs, self.group, h, w).sum(2)
 
@@ -226,6 +240,8 @@ class Eq6Block(QLBlock):
         self.init_last_bn()
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self.bn_a(self.conv_a(fused_derivative_bn(x * self.conv_c(x), self.conv_d, self.bn_d)))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x * self.conv_c(x)))))
 
 
@@ -255,6 +271,8 @@ class Eq7Block(QLBlock):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         w = self.conv_c(x) * x.repeat(1, self.multiplier, 1, 1)
+        if self.fused:
+            return self.bn_a(self.conv_a(fused_derivative_bn(w, self.conv_d, self.bn_d)))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(w))))
 
 
