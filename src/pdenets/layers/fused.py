@@ -168,6 +168,10 @@ def fused_derivative_bn(
     """
     if (xc is None) != (conv_c is None):
         raise ValueError("pass both xc and conv_c, or neither")
+    if not (isinstance(conv_d, DerivativeConv) and isinstance(bn, nn.BatchNorm2d)):
+        # Already folded (pdenets.symmetry.fold.fold_bn) or otherwise replaced: the plain composition.
+        y = bn(conv_d(xd))
+        return y if conv_c is None else y * conv_c(xc)
     wd = conv_d.full_weight()
     groups = conv_d.channels
     pad = conv_d.weight.shape[-1] // 2
