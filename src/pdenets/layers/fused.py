@@ -41,6 +41,11 @@ from pdenets.layers.derivative import DerivativeConv
 
 _conv_backward = torch.ops.aten.convolution_backward
 
+#: Run the op in channels_last even for contiguous (NCHW) inputs: the output z is then channels_last and
+#: so is the following 1×1 conv. On CPUs the depthwise conv is several times faster in channels_last, but
+#: some backward kernels (BatchNorm) are slower; off by default, measured by benchmarks/bench_block.py.
+CHANNELS_LAST_INSIDE = False
+
 
 def _affine(
     weight: torch.Tensor | None, bias: torch.Tensor | None, mean: torch.Tensor, invstd: torch.Tensor
@@ -179,6 +184,13 @@ def fused_derivative_bn(
         xd = F.pad(xd, (pad, pad, pad, pad), mode=conv_d.padding_mode)
         pad = 0
     wc = conv_c.weight if conv_c is not None else None
+    if CHANNELS_LAST_INSIDE and xd.dim() == 4:
+        same = xc is xd
+        xd = xd.contiguous(memory_format=torch.channels_last)
+        if same:
+            xc = xd
+        elif xc is not None:
+            xc = xc.contiguous(memory_format=torch.channels_last)
     if conv_c is not None and (conv_c.stride != (conv_d.stride, conv_d.stride) or conv_c.bias is not None):
         raise ValueError("conv_c must be a bias-free 1×1 conv with the stride of conv_d")
     gamma, beta = bn.weight, bn.bias
