@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="example: pdenets export --model qlnet50_eq3 --num-classes 100 --format onnx --out qlnet.onnx",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written by `pdenets train`")
+    src.add_argument("--checkpoint", metavar="CKPT",
+                     help="weights file, checkpoint directory or run directory written by `pdenets train`")
     src.add_argument("--model", metavar="NAME", help="registered model name (untrained weights)")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript", "torch-export"), help="file format")
     p.add_argument("--out", required=True, metavar="FILE", help="output file (.onnx / .pt / .pt2)")
@@ -39,8 +40,8 @@ def _load(args: argparse.Namespace):
     if args.checkpoint:
         from pathlib import Path
 
-        if not Path(args.checkpoint).is_file():
-            raise UsageError(f"--checkpoint {args.checkpoint!r} is not a file")
+        if not Path(args.checkpoint).exists():
+            raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist (a weights file or checkpoint/run dir)")
         try:
             from pdenets.train.checkpoint import load_model
         except ImportError as e:
