@@ -46,13 +46,18 @@ def test_onnx_matches_pytorch(model, tmp_path):
     assert verify_onnx(path, model, x) <= 1e-4
 
 
-def test_export_cli(tmp_path, capsys):
+def test_export_cli_from_checkpoint(model, tmp_path, capsys):
+    """`pdenets export --checkpoint` on a weights file written by the trainer's checkpoint module."""
+    pytest.importorskip("onnxruntime")
+    ckpt = pytest.importorskip("pdenets.train.checkpoint")
     from pdenets.cli import main
 
-    pytest.importorskip("onnxruntime")
+    meta = {"model": "qlnet18_eq3_small", "create_kwargs": {"num_classes": 10, "fused": True}, "kind": "image",
+            "in_chans": 3, "img_size": 32}
+    ckpt.save_weights(tmp_path / "model.safetensors", model.state_dict(), meta)
     out = tmp_path / "m.onnx"
-    rc = main(["export", "--model", "qlnet18_eq3_small", "--num-classes", "5", "--format", "onnx",
-               "--legacy-onnx", "--out", str(out)])
+    rc = main(["export", "--checkpoint", str(tmp_path / "model.safetensors"), "--format", "onnx", "--legacy-onnx",
+               "--out", str(out)])
     assert rc == 0 and out.is_file()
     assert "check: max |onnxruntime - pytorch|" in capsys.readouterr().out
     assert main(["export", "--model", "no_such_model", "--format", "onnx", "--out", str(out)]) == 2

@@ -46,14 +46,16 @@ def _load(args: argparse.Namespace):
             from pdenets.train.checkpoint import load_model
         except ImportError as e:
             raise UsageError(f"--checkpoint needs pdenets.train.checkpoint (not available: {e}); use --model") from e
-        model, _meta = load_model(args.checkpoint)
-        return model, args.checkpoint
+        model, meta = load_model(args.checkpoint)
+        if meta.get("kind", "image") != "image":
+            raise UsageError(f"--checkpoint {args.checkpoint!r} holds a non-image model; export handles image models")
+        return model, args.checkpoint, meta
     from pdenets.models import create_model, list_models
 
     if args.model not in list_models() and not _is_timm(args.model):
         raise UsageError(f"--model {args.model!r} is not a registered model (see `pdenets models`)")
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    return create_model(args.model, **kwargs), args.model
+    return create_model(args.model, **kwargs), args.model, {}
 
 
 def _is_timm(name: str) -> bool:
@@ -72,10 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {args.batch}")
-    model, label = _load(args)
+    model, label, meta = _load(args)
     model.eval()
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    c, h, w = cfg.get("input_size", (getattr(model, "in_chans", 3), 224, 224))
+    _, h, w = cfg.get("input_size", (3, 224, 224))
+    c = meta.get("in_chans") or getattr(model, "in_chans", 3)
+    if meta.get("img_size"):
+        h = w = int(meta["img_size"])
     if args.img_size is not None:
         if args.img_size < 1:
             raise UsageError(f"--img-size must be a positive integer, got {args.img_size}")
