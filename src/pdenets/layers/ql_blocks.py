@@ -51,7 +51,9 @@ class QLBlock(nn.Module):
         zero_init_last: initialise the last BN's γ to zero so the block starts as the identity.
         drop_path: stochastic-depth rate.
         fused: compute the derivative conv, its BatchNorm and (Eqs. (3), (3p), (5)) the coefficient product
-            with :func:`~pdenets.layers.fused.fused_derivative_bn` (same function, less memory).
+            with :func:`~pdenets.layers.fused.fused_derivative_bn` (same function, about a third of the
+            activation memory, BN folded at inference; default). ``False``: the modules one by one (their
+            forward hooks then fire).
     """
 
     equation: str = ""
@@ -68,7 +70,7 @@ class QLBlock(nn.Module):
         padding_mode: str = "zeros",
         zero_init_last: bool = True,
         drop_path: float = 0.0,
-        fused: bool = False,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         if in_chs < 1 or out_chs < 1:
