@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     for stage in (int(s) for s in args.stages.split(",")):
         n, hw = STAGES[stage]
         torch.manual_seed(0)
-        ref = create_block(args.eq, n, n, 1, multiplier=args.multiplier, weight_sharing=not args.no_ws).to(device)
+        ref = create_block(args.eq, n, n, 1, multiplier=args.multiplier, weight_sharing=not args.no_ws,
+                           fused=False).to(device)
         fused = copy.deepcopy(ref)
         fused.fused = True
         x = torch.randn(args.batch, n, hw, hw, device=device)

@@ -27,7 +27,7 @@ def _randomize_bn(block: nn.Module, seed: int = 3) -> None:
 
 
 def _pair(eq, n, o, stride, **kw):
-    ref = create_block(eq, n, o, stride, zero_init_last=False, **kw)
+    ref = create_block(eq, n, o, stride, zero_init_last=False, fused=False, **kw)
     _randomize_bn(ref)
     fus = copy.deepcopy(ref)
     fus.fused = True
@@ -70,7 +70,7 @@ def test_fused_equals_reference_float32(train):
     """Max |difference| ≤ 1e-5 in float32 at the default BN initialisation (γ = 1, β = 0) and, in eval
     mode, the running statistics of one training batch: outputs ~5, weight gradients ~100."""
     torch.manual_seed(1)
-    ref = create_block("eq3", 16, 16, 1, zero_init_last=False)
+    ref = create_block("eq3", 16, 16, 1, zero_init_last=False, fused=False)
     if not train:
         ref(torch.randn(4, 16, 12, 12))
     fus = copy.deepcopy(ref)
@@ -172,5 +172,6 @@ def test_fused_falls_back_after_bn_folding(f64):
 
 def test_fused_argument_errors():
     blk = create_block("eq3", 4, 4, 1)
+    assert blk.fused  # the default
     with pytest.raises(ValueError, match="both xc and conv_c"):
         fused_derivative_bn(torch.randn(1, 4, 5, 5), blk.conv_d, blk.bn_d, None, blk.conv_c)
