@@ -172,6 +172,7 @@ def test_fused_falls_back_after_bn_folding(f64):
 
 def test_fused_argument_errors():
     blk = create_block("eq3", 4, 4, 1)
-    assert blk.fused  # the default
+    assert blk.fused is None and not blk.use_fused  # default: the fused path in eval mode only
+    assert blk.eval().use_fused
     with pytest.raises(ValueError, match="both xc and conv_c"):
         fused_derivative_bn(torch.randn(1, 4, 5, 5), blk.conv_d, blk.bn_d, None, blk.conv_c)
