@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pdenets.commands.rh",
     "pdenets.commands.ruseckas",
     "pdenets.commands.pde",
+    "pdenets.commands.export",
 )
 
 

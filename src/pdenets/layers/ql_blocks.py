@@ -28,6 +28,7 @@ from timm.layers import DropPath
 
 from pdenets.layers.activations import create_act
 from pdenets.layers.derivative import DerivativeConv
+from pdenets.layers.fused import fused_derivative_bn
 from pdenets.layers.varcoef import CoordinateCoefficients
 
 
@@ -53,6 +54,11 @@ class QLBlock(nn.Module):
             ``nn.Sequential(DerivativeConv, CoordinateCoefficients)``.
         zero_init_last: initialise the last BN's γ to zero so the block starts as the identity.
         drop_path: stochastic-depth rate.
+        fused: compute the derivative conv, its BatchNorm and (Eqs. (3), (3p), (5)) the coefficient product
+            with :func:`~pdenets.layers.fused.fused_derivative_bn` (same function; a third of the activation
+            memory in training, BN folded into the depthwise conv at inference). ``True``: always;
+            ``False``: never (the modules one by one, their forward hooks fire); ``None`` (default): in eval
+            mode only, where it measured faster (in training it saves memory but recomputes, ~0.85× speed).
     """
 
     equation: str = ""
@@ -70,6 +76,7 @@ class QLBlock(nn.Module):
         var_coef: str | None = None,
         zero_init_last: bool = True,
         drop_path: float = 0.0,
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
         if in_chs < 1 or out_chs < 1:
@@ -81,6 +88,7 @@ class QLBlock(nn.Module):
         self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
         self.multiplier, self.weight_sharing, self.padding_mode = multiplier, weight_sharing, padding_mode
         self.zero_init_last = zero_init_last
+        self.fused = fused
         if stride != 1 or in_chs != out_chs:
             self.downsample: nn.Module | None = nn.Sequential(
                 conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs)
@@ -104,6 +112,13 @@ class QLBlock(nn.Module):
         if getattr(self, "fused", False):
             raise ValueError("var_coef cannot be combined with fused=True")
         return nn.Sequential(conv, CoordinateCoefficients(conv.out_channels, self.var_coef))
+
+    @property
+    def use_fused(self) -> bool:
+        """Whether :meth:`branch` takes the fused path now (see ``fused``)."""
+        if getattr(self, "var_coef", None) is not None:
+            return False  # the coordinate coefficients sit between D and its BN: reference path only
+        return (not self.training) if self.fused is None else bool(self.fused)
 
     def init_last_bn(self) -> None:
         bn = getattr(self, "bn_a", None)
@@ -142,6 +157,8 @@ class Eq3Block(QLBlock):
         self.init_last_bn()
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_fused:
+            return self.bn_a(self.conv_a(fused_derivative_bn(x, self.conv_d, self.bn_d, x, self.conv_c)))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x)) * self.conv_c(x)))
 
 
@@ -162,6 +179,8 @@ class Eq3PBlock(Eq3Block):
         self.conv_p = conv1x1(in_chs, in_chs)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_fused:
+            return self.bn_a(self.conv_a(fused_derivative_bn(self.conv_p(x), self.conv_d, self.bn_d, x, self.conv_c)))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(self.conv_p(x))) * self.conv_c(x)))
 
 
@@ -186,6 +205,8 @@ class Eq4Block(QLBlock):
         self.init_last_bn()
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_fused:
+            return self.bn_a(self.conv_a(fused_derivative_bn(x, self.conv_d, self.bn_d)) * self.conv_c(x))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x))) * self.conv_c(x))
 
 
@@ -214,7 +235,10 @@ class Eq5Block(QLBlock):
         self.conv_c = conv1x1(in_chs, mid, stride)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn_d(self.conv_d(x)) * self.conv_c(x)
+        if self.use_fused:
+            y = fused_derivative_bn(x, self.conv_d, self.bn_d, x, self.conv_c)
+        else:
+            y = self.bn_d(self.conv_d(x)) * self.conv_c(x)
         n, _, h, w = y.shape
         return y.view(n, self.out_chs, self.group, h, w).sum(2)
 
@@ -240,6 +264,8 @@ class Eq6Block(QLBlock):
         self.init_last_bn()
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_fused:
+            return self.bn_a(self.conv_a(fused_derivative_bn(x * self.conv_c(x), self.conv_d, self.bn_d)))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x * self.conv_c(x)))))
 
 
@@ -269,6 +295,8 @@ class Eq7Block(QLBlock):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         w = self.conv_c(x) * x.repeat(1, self.multiplier, 1, 1)
+        if self.use_fused:
+            return self.bn_a(self.conv_a(fused_derivative_bn(w, self.conv_d, self.bn_d)))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(w))))
 
 

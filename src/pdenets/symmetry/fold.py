@@ -1,0 +1,160 @@
+"""Canonical eval form: fold every BatchNorm into its neighbouring convolution.
+
+In eval mode a BatchNorm is the per-channel affine map ``y = s ⊙ x + b`` with ``s = γ / sqrt(var + eps)`` and
+``b = β − s ⊙ mean``. Folding it into the conv that precedes it leaves the function unchanged and leaves the
+residual stream read and written only by affine maps (DESIGN.md §3), which is the form in which the change
+of basis T of Liu-Shao-Bai §4 acts (readers W → W T⁻¹, writers A → T A).
+
+What :func:`fold_bn` does, block by block (:mod:`pdenets.layers.ql_blocks`):
+
+* stem ``conv1 + bn1`` and every skip ``Sequential(conv1x1, BN)``: the conv gets a bias, the BN becomes
+  ``Identity``;
+* ``conv_d + bn_d`` (all equations): the derivative conv becomes a :class:`FoldedDepthwise` with one kernel
+  per output channel and a bias — a per-channel BN scale un-shares the "ws" kernels;
+* ``conv_a + bn_a`` (Eqs. 3, 3p, 6, 7): ``conv_a`` gets the scale and a bias;
+* Eq. (4), where ``bn_a`` follows the elementwise product ``A[BN(D u)] ⊙ (C u)``: the scale goes into the
+  rows of ``conv_a`` (the product is bilinear) and the shift stays as a :class:`ChannelBias` after the product.
+
+Any other module laid out as timm's ResNet (``convK`` followed by ``bnK`` in the same module, or a
+``Sequential(conv, BN)``) is folded by the same rule, so timm ``resnet*`` models fold too.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from pdenets.layers.derivative import DerivativeConv, pad_conv2d
+from pdenets.layers.ql_blocks import Eq4Block, QLBlock
+
+__all__ = ["ChannelBias", "FoldedDepthwise", "bn_scale_shift", "fold_bn", "is_folded"]
+
+
+class FoldedDepthwise(nn.Module):
+    """Depthwise 3×3 conv with one kernel per output channel and a bias: a derivative conv with its BN folded.
+
+    Output channel c reads input channel ``c // (out_channels // groups)`` (``groups`` = input channels), as
+    in :class:`~pdenets.layers.derivative.DerivativeConv` with ``interleave='channel'``; an Eq. (7) conv
+    (one output per input channel) is the special case ``out_channels == groups``.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, groups: int, stride: int, padding_mode: str) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+        self.groups, self.stride, self.padding_mode = groups, stride, padding_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_conv2d(x, self.weight, self.stride, self.padding_mode, groups=self.groups, bias=self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.groups}, {self.weight.shape[0]}, stride={self.stride}, padding_mode={self.padding_mode!r}"
+
+
+class ChannelBias(nn.Module):
+    """Adds a per-channel bias (the shift of a BN folded after an elementwise product, Eq. (4))."""
+
+    def __init__(self, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x + self.bias.view(shape)
+
+
+def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, b) with BN(x) = s ⊙ x + b in eval mode."""
+    if bn.running_var is None or bn.running_mean is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    s = torch.rsqrt(bn.running_var + bn.eps)
+    w = bn.weight if bn.weight is not None else torch.ones_like(s)
+    b = bn.bias if bn.bias is not None else torch.zeros_like(s)
+    s = w * s
+    return s.detach().clone(), (b - s * bn.running_mean).detach().clone()
+
+
+def _fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    s, b = bn_scale_shift(bn)
+    with torch.no_grad():
+        conv.weight.mul_(s.view(-1, 1, 1, 1).to(conv.weight.dtype))
+        old = conv.bias.detach() * s if conv.bias is not None else torch.zeros_like(s)
+        conv.bias = nn.Parameter((old + b).to(conv.weight.dtype))
+
+
+def _fold_derivative(conv: nn.Module, bn: nn.BatchNorm2d) -> FoldedDepthwise:
+    s, b = bn_scale_shift(bn)
+    if isinstance(conv, DerivativeConv):
+        w = conv.full_weight().detach().clone()
+        groups, stride, mode, bias0 = conv.channels, conv.stride, conv.padding_mode, torch.zeros_like(s)
+    elif isinstance(conv, FoldedDepthwise):
+        w, bias0 = conv.weight.detach().clone(), conv.bias.detach().clone()
+        groups, stride, mode = conv.groups, conv.stride, conv.padding_mode
+    else:  # pragma: no cover - defensive
+        raise TypeError(f"not a derivative conv: {type(conv).__name__}")
+    w = w * s.view(-1, 1, 1, 1).to(w.dtype)
+    return FoldedDepthwise(w, (bias0 * s + b).to(w.dtype), groups, stride, mode)
+
+
+def _fold_block(block: QLBlock) -> None:
+    if isinstance(getattr(block, "bn_d", None), nn.BatchNorm2d):
+        block.conv_d = _fold_derivative(block.conv_d, block.bn_d)
+        block.bn_d = nn.Identity()
+    bn_a = getattr(block, "bn_a", None)
+    if isinstance(bn_a, nn.BatchNorm2d):
+        if isinstance(block, Eq4Block):
+            # BN(a ⊙ c) = (s ⊙ a) ⊙ c + b: scale into A's rows, shift kept after the product.
+            s, b = bn_scale_shift(bn_a)
+            with torch.no_grad():
+                block.conv_a.weight.mul_(s.view(-1, 1, 1, 1).to(block.conv_a.weight.dtype))
+            block.bn_a = ChannelBias(b.to(block.conv_a.weight.dtype))
+        else:
+            _fold_into_conv(block.conv_a, bn_a)
+            block.bn_a = nn.Identity()
+
+
+def _fold_generic(module: nn.Module) -> None:
+    """timm ResNet layout: ``Sequential(conv, BN, ...)`` pairs and ``convK``/``bnK`` attribute pairs."""
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = module._modules[a], module._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                _fold_into_conv(conv, bn)
+                module._modules[b] = nn.Identity()
+    for name, conv in list(module._modules.items()):
+        if isinstance(conv, nn.Sequential) and len(conv) and isinstance(conv[-1], nn.Conv2d):
+            conv = conv[-1]  # timm's deep stem: conv1 = Sequential(..., conv) followed by bn1
+        if not (isinstance(conv, nn.Conv2d) and name.startswith("conv")):
+            continue
+        bn_name = "bn" + name[len("conv"):]
+        bn = module._modules.get(bn_name)
+        if isinstance(bn, nn.BatchNorm2d):
+            _fold_into_conv(conv, bn)
+            module._modules[bn_name] = nn.Identity()
+
+
+def fold_bn(model: nn.Module) -> nn.Module:
+    """Deep copy of ``model`` in eval mode with every BatchNorm folded into its neighbouring conv.
+
+    The outputs are unchanged (up to round-off: ≤ 1e-12 relative in float64). The copy keeps the module
+    tree (BNs become ``nn.Identity`` or :class:`ChannelBias`), so names such as ``layer2.0.conv_a`` still
+    address the same operation. Raises ``ValueError`` if a BatchNorm is left that has no foldable neighbour.
+    """
+    model = copy.deepcopy(model).eval()
+    for m in list(model.modules()):
+        if isinstance(m, QLBlock):
+            _fold_block(m)
+    for m in list(model.modules()):
+        _fold_generic(m)
+    left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if left:
+        raise ValueError(f"fold_bn: no conv to fold BatchNorm(s) {', '.join(left[:5])} into")
+    model._pdenets_folded = True
+    return model
+
+
+def is_folded(model: nn.Module) -> bool:
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

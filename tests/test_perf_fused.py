@@ -1,0 +1,178 @@
+"""The fused derivative/BN/product op (pdenets.layers.fused) against the reference module path.
+
+The reference path (conv_d → bn_d → ⊙ conv_c, all separate modules with autograd) is an independent
+implementation, itself checked against einsum transcriptions in test_blocks.py.
+"""
+
+import copy
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pdenets.layers.fused import _FusedDerivativeBN, fused_derivative_bn
+from pdenets.layers.ql_blocks import create_block
+
+
+def _randomize_bn(block: nn.Module, seed: int = 3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g))
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(c, generator=g))
+            m.bias.data.copy_(torch.randn(c, generator=g))
+
+
+def _pair(eq, n, o, stride, **kw):
+    ref = create_block(eq, n, o, stride, zero_init_last=False, fused=False, **kw)
+    _randomize_bn(ref)
+    fus = copy.deepcopy(ref)
+    fus.fused = True
+    return ref, fus
+
+
+def _run(block, x, g):
+    x = x.detach().clone().requires_grad_()
+    y = block(x)
+    y.backward(g)
+    grads = {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in block.named_parameters()}
+    return y.detach(), x.grad, grads, {n.removeprefix("_orig_mod."): b.clone() for n, b in block.named_buffers()}
+
+
+def _max_diff(a, b):
+    ya, xa, ga, ba = a
+    yb, xb, gb, bb = b
+    diffs = [(ya - yb).abs().max(), (xa - xb).abs().max()]
+    diffs += [(ga[k] - gb[k]).abs().max() for k in ga]
+    diffs += [(ba[k].double() - bb[k].double()).abs().max() for k in ba]
+    return float(max(diffs))
+
+
+@pytest.mark.parametrize("eq", ["eq3", "eq3p", "eq4", "eq5", "eq6", "eq7"])
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_equals_reference_float64(eq, train, f64):
+    torch.manual_seed(0)
+    for ws, stride, o, mode in ((True, 1, 6, "zeros"), (False, 2, 12, "reflect")):
+        ref, fus = _pair(eq, 6, o, stride, weight_sharing=ws, padding_mode=mode)
+        ref.train(train)
+        fus.train(train)
+        x = torch.randn(2, 6, 7, 7)
+        g = torch.randn_like(ref(x))
+        ref.load_state_dict(fus.state_dict())  # undo the running-stat update of the shape probe
+        assert _max_diff(_run(ref, x, g), _run(fus, x, g)) < 1e-10
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_equals_reference_float32(train):
+    """Max |difference| ≤ 1e-5 in float32 at the default BN initialisation (γ = 1, β = 0) and, in eval
+    mode, the running statistics of one training batch: outputs ~5, weight gradients ~100."""
+    torch.manual_seed(1)
+    ref = create_block("eq3", 16, 16, 1, zero_init_last=False, fused=False)
+    if not train:
+        ref(torch.randn(4, 16, 12, 12))
+    fus = copy.deepcopy(ref)
+    fus.fused = True
+    ref.train(train)
+    fus.train(train)
+    x = torch.randn(4, 16, 12, 12)
+    g = torch.randn(4, 16, 12, 12)
+    assert _max_diff(_run(ref, x, g), _run(fus, x, g)) <= 1e-5
+
+
+@pytest.mark.parametrize("coef", [True, False])
+@pytest.mark.parametrize("train", [True, False])
+def test_gradcheck_tiny(coef, train):
+    torch.manual_seed(0)
+    kw = dict(dtype=torch.float64, requires_grad=True)
+    n, m, s = 2, 2, 1
+    xd = torch.randn(2, n, 4, 4, **kw)
+    wd = torch.randn(n * m, 1, 3, 3, **kw)
+    xc = torch.randn(2, n, 4, 4, **kw) if coef else None
+    wc = torch.randn(n * m, n, 1, 1, **kw) if coef else None
+    gamma = torch.rand(n * m, **kw)
+    beta = torch.randn(n * m, **kw)
+    if train:
+        mean = invstd = None
+    else:
+        mean = torch.randn(n * m, dtype=torch.float64)
+        invstd = torch.rand(n * m, dtype=torch.float64) + 0.5
+
+    def f(xd, wd, xc, wc, gamma, beta):
+        return _FusedDerivativeBN.apply(xd, wd, xc, wc, gamma, beta, mean, invstd, s, 1, n, 1e-5)[0]
+
+    assert torch.autograd.gradcheck(f, (xd, wd, xc, wc, gamma, beta), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_fused_saves_less_memory():
+    """Tensors kept for backward: the fused block keeps about a third of the reference's bytes."""
+    ref, fus = _pair("eq3", 8, 8, 1)
+
+    def saved_bytes(block):
+        seen = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        x = torch.randn(2, 8, 16, 16, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            block(x).sum()
+        return sum(seen.values())
+
+    assert saved_bytes(fus) < 0.45 * saved_bytes(ref)
+
+
+def test_channels_last_and_autocast():
+    torch.manual_seed(2)
+    ref, fus = _pair("eq3", 8, 16, 2)
+    x = torch.randn(2, 8, 10, 10)
+    g = torch.randn(2, 16, 5, 5)
+    ref_cl = copy.deepcopy(ref).to(memory_format=torch.channels_last)
+    fus_cl = copy.deepcopy(fus).to(memory_format=torch.channels_last)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    assert _max_diff(_run(ref_cl, xcl, g), _run(fus_cl, xcl, g)) < 1e-5
+    for train in (True, False):
+        ref.train(train)
+        fus.train(train)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            a = _run(ref, x, g)
+            b = _run(fus, x, g)
+        assert a[0].dtype == b[0].dtype == torch.bfloat16
+        assert b[1].dtype == torch.float32 and all(v.dtype == torch.float32 for v in b[2].values())
+        # bf16 has an 8-bit mantissa: compare relative to the size of each quantity.
+        for u, v in [(a[0], b[0]), (a[1], b[1])] + [(a[2][k], b[2][k]) for k in a[2]]:
+            assert (u.float() - v.float()).abs().max() <= 0.05 * u.float().abs().max() + 1e-3
+
+
+def test_torch_compile():
+    torch.manual_seed(3)
+    ref, fus = _pair("eq3", 4, 4, 1)
+    x = torch.randn(2, 4, 6, 6)
+    g = torch.randn(2, 4, 6, 6)
+    t0 = time.perf_counter()
+    compiled = torch.compile(fus, backend="aot_eager")
+    got = _run(compiled, x, g)
+    assert time.perf_counter() - t0 < 60
+    assert _max_diff(_run(ref, x, g), got) < 1e-5
+
+
+def test_fused_falls_back_after_bn_folding(f64):
+    from pdenets.symmetry.fold import fold_bn
+
+    ref, fus = _pair("eq3", 6, 6, 1)
+    fus.eval()
+    folded = fold_bn(fus)
+    x = torch.randn(2, 6, 5, 5)
+    with torch.no_grad():
+        assert (folded(x) - fus(x)).abs().max() < 1e-10
+
+
+def test_fused_argument_errors():
+    blk = create_block("eq3", 4, 4, 1)
+    assert blk.fused is None and not blk.use_fused  # default: the fused path in eval mode only
+    assert blk.eval().use_fused
+    with pytest.raises(ValueError, match="both xc and conv_c"):
+        fused_derivative_bn(torch.randn(1, 4, 5, 5), blk.conv_d, blk.bn_d, None, blk.conv_c)
