@@ -89,3 +89,18 @@ def test_gauge_fix_exact(f64, tmp_path):
         assert n_params(loaded) == n_params(fixed)
         with torch.no_grad():
             assert (loaded.double()(x) - y).abs().max() / y.abs().max() <= 1e-12
+
+
+def test_nuclear_prox_hook_soft_thresholds_and_reduces_rank(f64):
+    from pdenets.symmetry.compress import writer_matrix
+    from pdenets.train.hooks import create_hook
+
+    model = _model()
+    sv0 = torch.linalg.svdvals(writer_matrix(fold_bn(model), analyze(fold_bn(model)), 2))
+    tau = float(sv0[len(sv0) // 2])
+    hook = create_hook(f"nuclear-prox:{tau / 0.1}")
+    hook.after_step(model, lr=0.1)
+    sv1 = torch.linalg.svdvals(writer_matrix(fold_bn(model), analyze(fold_bn(model)), 2))
+    assert torch.allclose(sv1, (sv0 - tau).clamp_min(0), atol=1e-10)
+    small, rows = compress_widths(fold_bn(model, share_kernels=True))
+    assert rows[2].rank == int((sv0 > tau).sum()) < 24 and rows[2].params_removed > 0

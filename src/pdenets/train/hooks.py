@@ -18,7 +18,9 @@ import torch
 import torch.nn as nn
 
 # Modules that register hooks when imported.
-HOOK_MODULES: tuple[str, ...] = ()
+HOOK_MODULES: tuple[str, ...] = (
+    "pdenets.symmetry.prox",
+)
 
 
 class TrainHook:
