@@ -16,6 +16,10 @@ from pdenets.errors import UsageError
 # Modules of pdenets.commands, each adding one subcommand (in this order in --help).
 COMMAND_MODULES: tuple[str, ...] = (
     "pdenets.commands.models",
+    "pdenets.commands.train",
+    "pdenets.commands.eval",
+    "pdenets.commands.demo",
+    "pdenets.commands.make_imagenet100",
 )
 
 

@@ -1,0 +1,163 @@
+"""``pdenets train``: train a model with a recipe, a YAML config and command-line overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pdenets.errors import UsageError
+
+
+def _bool(s: str) -> bool:
+    v = s.lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def _kwarg(s: str) -> tuple[str, Any]:
+    k, sep, v = s.partition("=")
+    if not sep or not k:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    import yaml
+
+    return k, yaml.safe_load(v)
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``demo`` (defaults None: only given options override)."""
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", help="registered model name (see `pdenets models`); default qlnet18_eq3_small")
+    g.add_argument("--model-kwarg", "-m", dest="model_kwarg", action="append", type=_kwarg, metavar="KEY=VALUE",
+                   help="constructor argument (YAML value), repeatable: -m act=hardball -m widths=[8,8,8,8]")
+    g.add_argument("--dataset", help="digits | circles | cifar10 | cifar100 | stl10 | mnist | fashion_mnist | "
+                   "imagefolder:PATH (default digits)")
+    g.add_argument("--data-dir", help="root of a local torchvision data set")
+    g.add_argument("--download", action="store_const", const=True, help="let torchvision download the data set")
+    g.add_argument("--img-size", type=int, help="image side in pixels (digits: 16)")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", "-b", type=int, help="batch size per process")
+    g.add_argument("--opt", help="timm optimizer name: sgd (Nesterov), momentum, adamw, ...")
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float)
+    g.add_argument("--sched", help="timm scheduler: cosine, multistep, step, none, ...")
+    g.add_argument("--warmup-epochs", type=int)
+    g.add_argument("--min-lr", type=float)
+    g.add_argument("--decay-milestones", type=int, nargs="+")
+    g.add_argument("--decay-rate", type=float)
+    g.add_argument("--smoothing", type=float, help="label smoothing")
+    g.add_argument("--clip-grad", type=float, help="gradient clipping threshold")
+    g.add_argument("--clip-mode", choices=("norm", "value", "agc"))
+    g.add_argument("--freeze-bn", action="store_const", const=True, help="keep BatchNorm in eval mode")
+    g = p.add_argument_group("augmentation (real image data sets)")
+    g.add_argument("--aug", dest="no_aug", action="store_const", const=False, help="enable augmentation")
+    g.add_argument("--no-aug", dest="no_aug", action="store_const", const=True, help="disable augmentation")
+    g.add_argument("--aa", dest="auto_augment", help="RandAugment spec, e.g. rand-m7-mstd0.5-inc1")
+    g.add_argument("--reprob", type=float, help="random erasing probability")
+    g.add_argument("--remode", help="random erasing mode (pixel, rand, const)")
+    g.add_argument("--recount", type=int, help="random erasing count")
+    g = p.add_argument_group("machinery")
+    g.add_argument("--amp", choices=("bf16", "fp16"), help="automatic mixed precision")
+    g.add_argument("--channels-last", action="store_const", const=True)
+    g.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    g.add_argument("--ema", action="store_const", const=True, help="exponential moving average of weights")
+    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--deterministic", action="store_const", const=True)
+    g.add_argument("--device", help="auto | cpu | cuda[:N]")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--hook", action="append", metavar="NAME[:VALUE]",
+                   help="training hook, repeatable (added to the recipe's hooks), e.g. --hook box:1.0")
+    g.add_argument("--nuclear-prox", type=float, metavar="LAMBDA", help="shorthand for --hook nuclear-prox:LAMBDA")
+    g.add_argument("--tensorboard", action="store_const", const=True, help="also log to RUN/tb")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+    g.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke runs)")
+    g.add_argument("--stop-after", type=int, help="stop after N epochs of this invocation (resume later)")
+    g = p.add_argument_group("NaN guard")
+    g.add_argument("--nan-guard", type=_bool, metavar="BOOL", help="on (default) / off")
+    g.add_argument("--nan-snapshot-every", type=int, metavar="N", help="in-memory snapshot every N good steps "
+                   "(0: roll back to the last checkpoint)")
+    g.add_argument("--nan-lr-factor", type=float, help="lr multiplier per failure (default 0.5)")
+    g.add_argument("--nan-max-failures", type=int, metavar="K", help="stop after K failures in a row (default 5)")
+    g.add_argument("--inject-nan-steps", type=int, nargs="+", metavar="STEP",
+                   help="fault injection (testing): NaN output at these step attempts (-1: all)")
+    g.add_argument("--inject-nan-module", help="module whose output the injection replaces")
+
+
+SKIP = {"command", "func", "config", "recipe_arg", "model_kwarg", "hook", "nuclear_prox", "threads", "print_config"}
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    ov = {k: v for k, v in vars(args).items() if k not in SKIP and v is not None}
+    if args.model_kwarg:
+        ov["model_kwargs"] = dict(args.model_kwarg)
+    hooks = list(args.hook or [])
+    if args.nuclear_prox is not None:
+        hooks.append(f"nuclear-prox:{args.nuclear_prox}")
+    if hooks:
+        ov["extra_hooks"] = hooks
+    if getattr(args, "recipe_arg", None):
+        ov["recipe"] = args.recipe_arg
+    return ov
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from pdenets.train.recipes import RECIPES
+
+    p = sub.add_parser(
+        "train", help="train a model (recipes, YAML config, resume, NaN guard, torchrun DDP)",
+        description="Train a model. Options are resolved as: defaults < --recipe < --config FILE < command "
+        "line; the resolved config is saved as RUN/config.yaml. Run directory (--out): metrics.csv/.jsonl, "
+        "checkpoints/{last,best}/, summary.json, report.md, curves.png, confusion.png. Multi-process: "
+        "torchrun --nproc_per_node=N -m pdenets train ... (gloo on CPU, NCCL on GPU).",
+        epilog="recipes: " + ", ".join(RECIPES) + "\nexample: pdenets train --recipe quick --out runs/quick\n"
+        "         pdenets train --recipe quick --out runs/quick --resume auto",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--recipe", dest="recipe_arg", metavar="NAME", help="preset: " + ", ".join(RECIPES))
+    p.add_argument("--config", metavar="FILE", help="YAML file of options (keys as in RUN/config.yaml)")
+    p.add_argument("--out", help="run directory (default runs/train)")
+    p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint/run directory, or 'auto': "
+                   "from OUT/checkpoints/last if it exists")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_train_options(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pdenets.train.config import resolve_config
+    from pdenets.train.engine import train
+
+    if args.threads:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    cfg = resolve_config(config_file=args.config, overrides=overrides_from_args(args))
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    summary = train(cfg)
+    import os
+
+    if summary is None or os.environ.get("RANK", "0") != "0":
+        return 0
+    if summary["status"] == "diverged":
+        import sys
+
+        print(f"pdenets train: {summary['message']}", file=sys.stderr)
+        return 1
+    keys = ("model", "dataset", "epochs", "test_top1", "test_top5", "params", "wall_seconds", "status")
+    print(json.dumps({k: summary[k] for k in keys}))
+    print(f"run directory: {summary['run_dir']}  (report.md, summary.json, checkpoints/)")
+    return 0

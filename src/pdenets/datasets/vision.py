@@ -1,0 +1,85 @@
+"""Real image data sets read from local folders: torchvision's CIFAR/STL/MNIST and ImageFolder trees.
+
+Nothing is downloaded unless ``download=True`` is asked for explicitly. A missing or malformed path
+raises :class:`~pdenets.errors.UsageError` naming the path and the layout that was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pdenets.errors import UsageError
+
+# name -> (torchvision class, num_classes, in_chans, mean, std, native size, expected layout)
+TORCHVISION_SETS: dict[str, dict[str, Any]] = {
+    "cifar10": dict(cls="CIFAR10", num_classes=10, in_chans=3, size=32,
+                    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+                    layout="DATA_DIR/cifar-10-batches-py/ (the python version of CIFAR-10)"),
+    "cifar100": dict(cls="CIFAR100", num_classes=100, in_chans=3, size=32,
+                     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+                     layout="DATA_DIR/cifar-100-python/ (the python version of CIFAR-100)"),
+    "stl10": dict(cls="STL10", num_classes=10, in_chans=3, size=96,
+                  mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713),
+                  layout="DATA_DIR/stl10_binary/ (train_X.bin, train_y.bin, test_X.bin, test_y.bin)"),
+    "mnist": dict(cls="MNIST", num_classes=10, in_chans=1, size=28, mean=(0.1307,), std=(0.3081,),
+                  layout="DATA_DIR/MNIST/raw/ (the four idx files)"),
+    "fashion_mnist": dict(cls="FashionMNIST", num_classes=10, in_chans=1, size=28, mean=(0.2860,), std=(0.3530,),
+                          layout="DATA_DIR/FashionMNIST/raw/ (the four idx files)"),
+}
+
+IMAGEFOLDER_LAYOUT = "PATH/train/<class>/<image> and PATH/val/<class>/<image>"
+
+
+def _split_is_train(split: str) -> bool:
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    return split == "train"
+
+
+def build_torchvision_dataset(name: str, split: str, data_dir: str | os.PathLike | None, transform,
+                              download: bool = False):
+    """A torchvision data set from ``data_dir`` (train split for 'train', the test split otherwise)."""
+    import torchvision.datasets as tvd
+
+    info = TORCHVISION_SETS[name]
+    if data_dir is None:
+        raise UsageError(f"--dataset {name} needs --data-dir DIR with {info['layout']} (or add --download)")
+    root = Path(data_dir).expanduser()
+    if not download and not root.is_dir():
+        raise UsageError(f"data dir {str(root)!r} does not exist; expected {info['layout']}")
+    cls = getattr(tvd, info["cls"])
+    train = _split_is_train(split)
+    try:
+        if name == "stl10":
+            return cls(str(root), split="train" if train else "test", transform=transform, download=download)
+        return cls(str(root), train=train, transform=transform, download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise UsageError(f"{name} not found or corrupted under {str(root)!r}; expected {info['layout']} "
+                         f"(add --download to fetch it)") from e
+
+
+def build_imagefolder(path: str | os.PathLike, split: str, transform):
+    """``torchvision.datasets.ImageFolder`` on PATH/train (split 'train') or PATH/val ('val'/'test')."""
+    import torchvision.datasets as tvd
+
+    root = Path(path).expanduser()
+    sub = "train" if _split_is_train(split) else "val"
+    folder = root / sub
+    if not folder.is_dir():
+        raise UsageError(f"image folder {str(folder)!r} does not exist; expected {IMAGEFOLDER_LAYOUT}")
+    try:
+        return tvd.ImageFolder(str(folder), transform=transform)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UsageError(f"no images found under {str(folder)!r}; expected {IMAGEFOLDER_LAYOUT}") from e
+
+
+def imagefolder_classes(path: str | os.PathLike) -> list[str]:
+    folder = Path(path).expanduser() / "train"
+    if not folder.is_dir():
+        raise UsageError(f"image folder {str(folder)!r} does not exist; expected {IMAGEFOLDER_LAYOUT}")
+    classes = sorted(d.name for d in os.scandir(folder) if d.is_dir())
+    if not classes:
+        raise UsageError(f"no class folders in {str(folder)!r}; expected {IMAGEFOLDER_LAYOUT}")
+    return classes
