@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pdenets.commands.eval",
     "pdenets.commands.demo",
     "pdenets.commands.make_imagenet100",
+    "pdenets.commands.symmetry",
 )
 
 
