@@ -14,7 +14,7 @@ from pdenets.symmetry.compress import (
     segment_writers,
 )
 from pdenets.symmetry.fold import fold_bn
-from test_symmetry_fold import randomize_bn
+from test_symmetry_fold import one_thread, randomize_bn  # noqa: F401  (autouse fixture)
 
 
 def _model(act="softball", layers=(1, 2, 1)):

@@ -10,7 +10,7 @@ from pdenets.models.qlnet import VARIANTS, QLNet
 from pdenets.symmetry.analyze import analyze
 from pdenets.symmetry.groups import contains, group_dim, power_element, sample
 from pdenets.symmetry.verify import verify
-from test_symmetry_fold import randomize_bn
+from test_symmetry_fold import one_thread, randomize_bn  # noqa: F401  (autouse fixture)
 
 PM, SP, O, GL, MONO = "positive_monomial", "signed_permutation", "O", "GL", "monomial"
 

@@ -83,13 +83,14 @@ def _quant_keys(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def quant_output_error(model: nn.Module, inputs: torch.Tensor, bits: int = 4) -> tuple[float, float]:
-    """(relative output error, top-1 agreement) of the model with every conv/linear weight quantised RTN."""
-    q = copy.deepcopy(model)
-    p = dict(q.named_parameters())
-    for k in _quant_keys(q):
-        p[k].copy_(quantize_rtn(p[k], bits))
-    y, yq = model(inputs), q(inputs)
+def quant_output_error(model: nn.Module, inputs: torch.Tensor, bits: int = 4,
+                       params: dict[str, torch.Tensor] | None = None) -> tuple[float, float]:
+    """(relative output error, top-1 agreement) of the model (with ``params`` replacing some of its parameters)
+    when every conv/linear weight is quantised per channel, round-to-nearest, to ``bits`` bits."""
+    p = {**dict(model.named_parameters()), **(params or {})}
+    q = {k: quantize_rtn(p[k], bits) for k in _quant_keys(model)}
+    y = functional_call(model, p, (inputs,))
+    yq = functional_call(model, {**p, **q}, (inputs,))
     return (float((yq - y).norm() / y.norm()), float((yq.argmax(1) == y.argmax(1)).double().mean()))
 
 
@@ -173,7 +174,7 @@ def teleport(model: nn.Module, objective: str = "l1", steps: int = 200, lr: floa
             return float(objective_value(el).detach())
         with torch.no_grad():
             if objective == "quant4":
-                return quant_output_error(load_params(folded, transformed_params(folded, analysis, el)), x64)[0]
+                return quant_output_error(folded, x64, params=transformed_params(folded, analysis, el, params=base))[0]
             return float(objective_value(el))
 
     identity = GroupElement([None] * len(analysis.segments))

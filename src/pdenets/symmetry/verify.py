@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from torch.func import functional_call
 
 from pdenets.layers.activations import HardBall, SoftBall
 from pdenets.symmetry.analyze import Analysis, analyze
 from pdenets.symmetry.fold import fold_bn
 from pdenets.symmetry.groups import power_element
-from pdenets.symmetry.transform import GroupElement, load_params, random_element, transformed_params
+from pdenets.symmetry.transform import GroupElement, random_element, transformed_params
 
 __all__ = ["SegmentCheck", "VerifyResult", "radial_input_scale", "verify"]
 
@@ -104,25 +105,31 @@ def verify(model: nn.Module, inputs: torch.Tensor, element: GroupElement | None 
     cast to float32 with the original float32 model (folding round-off included).
     """
     generator = generator or torch.Generator().manual_seed(0)
-    model = copy.deepcopy(model).eval()
-    m64 = model.double()
+    m64 = copy.deepcopy(model).eval().double()
     f64 = fold_bn(m64)
+    f32 = copy.deepcopy(f64).float()
     analysis = analysis or analyze(f64)
     element = element or random_element(analysis, generator)
     x64, x32 = inputs.double(), inputs.float()
     y64 = m64(x64)
-    m32 = copy.deepcopy(m64).float()
-    y32 = m32(x32)
+    y32 = m64.float()(x32)  # the original model in float32 (m64 is a private copy)
     params = dict(f64.named_parameters())
 
-    def run(el: GroupElement, strict: bool = True):
-        t64 = load_params(f64, transformed_params(f64, analysis, el, strict=strict, params=params))
-        return t64
+    class Run:  # a transformed model evaluated with functional_call: no copies of the module tree
+        def __init__(self, new: dict[str, torch.Tensor]) -> None:
+            self.new = new
 
-    t64 = run(element)
-    t32 = copy.deepcopy(t64).float()
-    yt32 = t32(x32)
-    res = VerifyResult(_rel(yt32, y32), _rel(t64(x64), y64), (yt32 - y32).abs().max().item(),
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            if x.dtype == torch.float64:
+                return functional_call(f64, self.new, (x,))
+            return functional_call(f32, {k: v.float() for k, v in self.new.items()}, (x,))
+
+    def run(el: GroupElement, strict: bool = True) -> Run:
+        return Run(transformed_params(f64, analysis, el, strict=strict, params=params))
+
+    t = run(element)
+    yt32 = t(x32)
+    res = VerifyResult(_rel(yt32, y32), _rel(t(x64), y64), (yt32 - y32).abs().max().item(),
                        (yt32.argmax(1) == y32.argmax(1)).double().mean().item(), radial_input_scale(f64, x64))
     if not per_segment:
         return res
@@ -136,9 +143,7 @@ def verify(model: nn.Module, inputs: torch.Tensor, element: GroupElement | None 
         if not any(seg.coupled_from is not None for seg in analysis.segments):
             el.mats[s.index] = element.mats[s.index]
         ts = run(el)
-        e32 = _rel(copy.deepcopy(ts).float()(x32), y32)
-        e64 = _rel(ts(x64), y64)
-        e64s = _rel(ts(xs), ys)
+        e32, e64, e64s = _rel(ts(x32), y32), _rel(ts(x64), y64), _rel(ts(xs), ys)
         perr, pname = float("nan"), "-"
         if power:
             h, larger = power_element(s.group, el.mats[s.index], generator)
@@ -147,12 +152,11 @@ def verify(model: nn.Module, inputs: torch.Tensor, element: GroupElement | None 
                          strict=False)
                 pname = f"{larger} (same ‖T‖_F)"
             else:
-                new = transformed_params(f64, analysis, el, params=params)
-                delta = {k: v - params[k] for k, v in new.items()}
+                delta = {k: v - params[k] for k, v in ts.new.items()}
                 norm = math.sqrt(sum(float((d * d).sum()) for d in delta.values()))
                 rnd = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in delta.items()}
                 rn = math.sqrt(sum(float((d * d).sum()) for d in rnd.values()))
-                tp = load_params(f64, {k: params[k] + v * (norm / rn) for k, v in rnd.items()})
+                tp = Run({k: params[k] + v * (norm / rn) for k, v in rnd.items()})
                 pname = "random weights (same ‖Δθ‖)"
             perr = _rel(tp(xs), ys)
         res.rows.append(SegmentCheck(s.index, s.group, s.width, e32, e64, e64s, pname, perr))
