@@ -4,6 +4,7 @@ and useful (Liu-Shao-Bai §4; DESIGN.md §3-§4)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,7 @@ def run_verify(args: argparse.Namespace) -> int:
         from pdenets.symmetry.fold import fold_bn
         from pdenets.symmetry.transform import random_element
 
-        f = fold_bn(model.double())
+        f = fold_bn(copy.deepcopy(model).double())
         t = transform(f, random_element(analyze(f), torch.Generator().manual_seed(args.seed))).float()
         m32 = model.float()
         with torch.no_grad():
@@ -269,7 +270,7 @@ def run_teleport(args: argparse.Namespace) -> int:
                        progress=True)
     for w in caught:
         print(f"warning: {w.message}")
-    base = fold_bn(model).double()
+    base = fold_bn(copy.deepcopy(model).double())
     t32, b32 = res.model.float(), base.float()
     with torch.no_grad():
         p0, p1 = b32(x).argmax(1), t32(x).argmax(1)
@@ -311,13 +312,14 @@ def run_compress(args: argparse.Namespace) -> int:
     model, meta, x, y = _model_and_data(args)
     model = model.float().eval()
     p_orig = n_params(model)
-    folded = fold_bn(model.double(), share_kernels=True)
+    folded = fold_bn(copy.deepcopy(model).double(), share_kernels=True)
     small, rows = compress_widths(folded, rtol=args.rtol)
     print("width reduction (writer-matrix rank in float64):")
-    print(f"{'seg':<4}{'width':>6}{'rank':>6}{'σ_max':>11}{'σ dropped ≤':>13}{'params removed':>16}  note")
+    print(f"{'seg':<4}{'width':>6}{'rank':>6}{'σ_max':>11}{'σ kept min':>12}{'σ dropped max':>14}"
+          f"{'params removed':>16}  note")
     for r in rows:
-        print(f"{r.index:<4}{r.width:>6}{r.rank:>6}{r.sigma_max:>11.3g}{r.sigma_dropped:>13.2e}"
-              f"{r.params_removed:>16,}  {r.note}")
+        print(f"{r.index:<4}{r.width:>6}{r.rank:>6}{r.sigma_max:>11.3g}{r.sigma_kept_min:>12.3g}"
+              f"{r.sigma_dropped:>14.2e}{r.params_removed:>16,}  {r.note}")
     gauge_rows = []
     if not args.no_gauge:
         small, gauge_rows = gauge_fix(small)
@@ -345,7 +347,7 @@ def run_compress(args: argparse.Namespace) -> int:
     (fig_dir / f"{out.stem}_table.md").write_text(md + "\n")
     print(f"wrote {out} ({n_params(small):,} parameters), {out.stem}_spectra.png, {out.stem}_table.md")
     if args.pca:
-        curve = pca_curve(model.double(), x[:256].double(), x.double(), y)
+        curve = pca_curve(copy.deepcopy(model).double(), x[:256].double(), x.double(), y)
         plot_pca_curve(curve, fig_dir / f"{out.stem}_pca_lossy.png")
         print("LOSSY PCA fallback (not a symmetry): keep  params  agreement  accuracy")
         for r in curve:

@@ -110,6 +110,7 @@ class SegmentCompression:
     sigma_max: float
     sigma_dropped: float
     params_removed: int
+    sigma_kept_min: float = float("nan")
     note: str = ""
 
 
@@ -128,7 +129,7 @@ def compress_widths(model: nn.Module, rtol: float = 1e-6) -> tuple[nn.Module, li
             b.seg_in == seg.index and b.equation != "eq3p" for b in analysis.blocks
         ):
             rows.append(SegmentCompression(seg.index, seg.width, seg.width, float("nan"), float("nan"), 0,
-                                           f"not rotatable ({seg.group})"))
+                                           note=f"not rotatable ({seg.group})"))
             continue
         m = writer_matrix(folded, analysis, seg.index)
         u, s, _ = torch.linalg.svd(m, full_matrices=False)
@@ -136,12 +137,13 @@ def compress_widths(model: nn.Module, rtol: float = 1e-6) -> tuple[nn.Module, li
         r = max(r, 1)
         dropped = float(s[r]) if r < s.numel() else 0.0
         if r >= seg.width:
-            rows.append(SegmentCompression(seg.index, seg.width, seg.width, float(s[0]), 0.0, 0, "full rank"))
+            rows.append(SegmentCompression(seg.index, seg.width, seg.width, float(s[0]), 0.0, 0, note="full rank"))
             continue
         before = n_params(folded)
         folded = load_params(folded, _basis_change(folded, analysis, seg.index, u[:, :r]))
         analysis = analyze(folded)
-        rows.append(SegmentCompression(seg.index, seg.width, r, float(s[0]), dropped, before - n_params(folded)))
+        rows.append(SegmentCompression(seg.index, seg.width, r, float(s[0]), dropped, before - n_params(folded),
+                                       sigma_kept_min=float(s[r - 1])))
     return folded, rows
 
 

@@ -121,8 +121,8 @@ def teleport(model: nn.Module, objective: str = "l1", steps: int = 200, lr: floa
         raise ValueError(f"objective {objective!r} needs a batch of inputs")
     if objective == "gradnorm" and targets is None:
         raise ValueError("objective 'gradnorm' needs targets for the loss")
-    folded = model if is_folded(model) else fold_bn(model)
-    folded = copy.deepcopy(folded).double().eval()
+    folded = copy.deepcopy(model).double().eval()
+    folded = folded if is_folded(folded) else fold_bn(folded)
     analysis = analyze(folded)
     base = {k: v.detach() for k, v in folded.named_parameters()}
     keys = _stream_keys(folded, analysis)

@@ -129,14 +129,16 @@ def transformed_params(model: nn.Module, analysis: Analysis, element: GroupEleme
             continue
         p = info.name
         blk = modules[p]
-        if info.has_skip_conv:
+        if info.has_skip_conv:  # T_out S T_in⁻¹
             s = params[p + ".downsample.0.weight"]
             out[p + ".downsample.0.weight"] = _c(bo.t @ _m(s) @ bi.tinv, s)
             out[p + ".downsample.0.bias"] = bo.t @ params[p + ".downsample.0.bias"]
         eq = info.equation
         m = getattr(blk, "multiplier", 4)
-        if eq == "eq3p":
+        if eq == "eq3p" and not bi.identity:
             for name in ("conv_p", "conv_c"):
+                if f"{p}.{name}.weight" not in params:
+                    raise ValueError(f"{p}.{name} is not a plain 1×1 conv any more (gauge-fixed?): cannot transform")
                 w = params[f"{p}.{name}.weight"]
                 out[f"{p}.{name}.weight"] = _c(_m(w) @ bi.tinv, w)
         elif eq in ("eq3", "eq4", "eq6", "eq7"):
@@ -180,7 +182,7 @@ def transformed_params(model: nn.Module, analysis: Analysis, element: GroupEleme
             rho_cols = rho
             out[f"{p}.conv_a.weight"] = _c(_scatter(bo.t @ _m(w), rho_cols, dim=1), w)
             out[f"{p}.bn_a.bias"] = bo.t @ params[f"{p}.bn_a.bias"]
-        else:
+        elif eq != "eq3p" or not bo.identity:
             w = params[f"{p}.conv_a.weight"]
             a = bo.t @ _m(w)
             if eq != "eq3p":
