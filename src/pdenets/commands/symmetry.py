@@ -82,6 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c.add_argument("--rtol", type=float, default=1e-6, help="σ ≤ rtol·σ_max counts as zero (default 1e-6)")
     c.add_argument("--no-gauge", action="store_true", help="skip gauge fixing")
     c.add_argument("--pca", action="store_true", help="also compute the LOSSY PCA agreement curve (figure)")
+    c.add_argument("--compare", metavar="CKPT", help="another checkpoint (e.g. trained without --nuclear-prox) "
+                   "whose writer spectra are drawn in the same figure")
     c.set_defaults(func=run_compress)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     return p
@@ -230,7 +232,10 @@ def run_verify(args: argparse.Namespace) -> int:
     _threads(args)
     model, meta, x, y = _model_and_data(args)
     gen = torch.Generator().manual_seed(args.seed)
-    res = verify(model, x[:64], generator=gen)
+    try:
+        res = verify(model, x[:64], generator=gen)
+    except ValueError as e:
+        raise UsageError(f"cannot verify this model: {e}") from None
     print(f"verify: random element of every segment's group on {min(64, len(x))} inputs "
           f"(relative = max|Δ| / max|y|)")
     print(res.table())
@@ -343,7 +348,11 @@ def run_compress(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_compressed(small32, str(out), qlnet_config(model), meta=dict(meta, compressed_from=args.checkpoint))
     fig_dir = out.parent
-    plot_spectra({"trained": folded}, fig_dir / f"{out.stem}_spectra.png", "writer-matrix spectra")
+    curves = {"this model": folded}
+    if args.compare:
+        other, _ = load_any(args.compare, args.which)
+        curves = {"this model": folded, f"compare: {args.compare}": fold_bn(other.double())}
+    plot_spectra(curves, fig_dir / f"{out.stem}_spectra.png", "singular values of each segment's writer matrix")
     (fig_dir / f"{out.stem}_table.md").write_text(md + "\n")
     print(f"wrote {out} ({n_params(small):,} parameters), {out.stem}_spectra.png, {out.stem}_table.md")
     if args.pca:
