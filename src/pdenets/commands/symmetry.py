@@ -276,7 +276,7 @@ def run_teleport(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"warning: {w.message}")
     base = fold_bn(copy.deepcopy(model).double())
-    t32, b32 = res.model.float(), base.float()
+    t32, b32 = copy.deepcopy(res.model).float(), copy.deepcopy(base).float()
     with torch.no_grad():
         p0, p1 = b32(x).argmax(1), t32(x).argmax(1)
         rel = float((t32(x) - b32(x)).abs().max() / b32(x).abs().max())
@@ -295,7 +295,7 @@ def run_teleport(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        save_compressed(res.model.float(), str(out / "model.pth"), qlnet_config(model), meta=dict(meta))
+        save_compressed(copy.deepcopy(res.model).float(), str(out / "model.pth"), qlnet_config(model), meta=dict(meta))
         hb, ha = weight_histograms(base, res.model)
         plot_weight_histograms(hb, ha, out / "weights_hist.png", f"teleport {args.objective}")
         (out / "teleport.json").write_text(json.dumps(dict(objective=args.objective, before=res.before,
