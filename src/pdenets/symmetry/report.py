@@ -14,7 +14,8 @@ from pdenets.symmetry.analyze import analyze
 from pdenets.symmetry.compress import segment_writers, writer_matrix
 from pdenets.symmetry.fold import fold_bn, is_folded
 
-__all__ = ["compression_markdown", "demo_summary", "plot_pca_curve", "plot_spectra", "plot_weight_histograms"]
+__all__ = ["compression_markdown", "demo_summary", "demo_symmetry_table", "plot_pca_curve", "plot_spectra",
+           "plot_weight_histograms"]
 
 
 def _plt():
@@ -120,15 +121,44 @@ def compression_markdown(rows: Sequence[dict]) -> str:
 
 
 def demo_summary(model: nn.Module, example_inputs: torch.Tensor, max_inputs: int = 16, seed: int = 0) -> str:
-    """Per-segment group table and verification table of a trained QL-ConvNet (a few seconds on 2 cores)."""
+    """Per-segment group table and verification table of a trained QL-ConvNet (a few seconds on 2 cores).
+
+    Runs single-threaded (restored afterwards): the tensors are tiny, and multi-threaded float64 convolutions
+    slow down by orders of magnitude on a machine whose cores are busy.
+    """
     from pdenets.symmetry.verify import verify
 
     t0 = time.time()
     a = analyze(model)
     x = example_inputs[:max_inputs].detach().cpu()
-    res = verify(model.cpu(), x, generator=torch.Generator().manual_seed(seed), analysis=None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = verify(model.cpu(), x, generator=torch.Generator().manual_seed(seed), analysis=None)
+    finally:
+        torch.set_num_threads(threads)
     lines = ["Continuous symmetry (Liu-Shao-Bai §4, DESIGN.md §3): exact group of each residual-stream segment",
              a.table(), "",
              f"verify: a random element of every segment's group applied to the weights ({x.shape[0]} inputs)",
              res.table(), f"({time.time() - t0:.1f} s)"]
     return "\n".join(lines)
+
+
+def demo_symmetry_table(model: nn.Module, run_dir: str | Path, summary: dict) -> tuple[str, str] | None:
+    """Post-training report of ``pdenets demo`` (``POST_TRAINING_REPORTS`` entry
+    ``"pdenets.symmetry.report:demo_symmetry_table"``): the per-segment group and verification tables on 16
+    test images, and the writer spectra figure ``symmetry_spectra.png`` in the run directory."""
+    from pdenets.datasets import build_dataset
+
+    if not hasattr(model, "stages"):
+        return None
+    ds = build_dataset(summary.get("dataset", "digits"), "val", img_size=summary.get("img_size"))
+    x = torch.stack([ds[i][0] for i in range(min(16, len(ds)))])
+    text = demo_summary(model, x)
+    body = f"```\n{text}\n```"
+    try:
+        plot_spectra({"trained": model}, Path(run_dir) / "symmetry_spectra.png", "writer-matrix spectra")
+        body += "\n\n![writer spectra](symmetry_spectra.png)"
+    except Exception:  # pragma: no cover - a figure must never break the job
+        pass
+    return "Continuous symmetry (exact groups, verified)", body
