@@ -85,9 +85,29 @@ def test_random_elements_exact_and_power_check(eq, act, kw, f64):
     model = randomize_bn(QLNet(block=eq, layers=(2, 1, 1), widths=(6, 12, 24), num_classes=5, stem="small",
                                act=act, **kw))
     x = torch.randn(2, 3, 8, 8)
-    res = verify(model, x, generator=torch.Generator().manual_seed(1))
+    res = verify(model, None, x, generator=torch.Generator().manual_seed(1))
     assert res.err64 <= 1e-12 and res.err32 <= 1e-5 and res.pred_agreement == 1.0
     assert len(res.rows) == 3
     for row in res.rows:
         assert row.err64 <= 1e-12 and row.err64_scaled <= 1e-12, row
         assert row.power_err >= 1e-3, row
+
+
+def test_explicit_element_and_strictness(f64):
+    from pdenets.symmetry import fold_bn, random_element, transform
+    from pdenets.symmetry.transform import GroupElement
+
+    torch.manual_seed(0)
+    model = randomize_bn(QLNet(block="eq3", layers=(1, 1, 1), widths=(4, 8, 16), num_classes=3, stem="small"))
+    folded = fold_bn(model)
+    a = analyze(folded)
+    el = random_element(a, torch.Generator().manual_seed(2))
+    x = torch.randn(2, 3, 8, 8)
+    res = verify(model, el, x, per_segment=False)
+    assert res.err64 <= 1e-12 and res.rows == []
+    q = sample("O", 8, torch.Generator().manual_seed(3))  # not monomial: Eq. (3)'s raw depthwise cannot follow
+    with pytest.raises(ValueError, match="monomial"):
+        transform(folded, GroupElement([None, q, None]))
+    naive = transform(folded, GroupElement([None, q, None]), strict=False)
+    with torch.no_grad():
+        assert (naive(x) - folded(x)).abs().max() / folded(x).abs().max() > 1e-3

@@ -233,7 +233,7 @@ def run_verify(args: argparse.Namespace) -> int:
     model, meta, x, y = _model_and_data(args)
     gen = torch.Generator().manual_seed(args.seed)
     try:
-        res = verify(model, x[:64], generator=gen)
+        res = verify(model, None, x[:64], generator=gen)
     except ValueError as e:
         raise UsageError(f"cannot verify this model: {e}") from None
     print(f"verify: random element of every segment's group on {min(64, len(x))} inputs "

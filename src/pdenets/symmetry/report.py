@@ -134,7 +134,7 @@ def demo_summary(model: nn.Module, example_inputs: torch.Tensor, max_inputs: int
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        res = verify(model.cpu(), x, generator=torch.Generator().manual_seed(seed), analysis=None)
+        res = verify(model.cpu(), None, x, generator=torch.Generator().manual_seed(seed), analysis=None)
     finally:
         torch.set_num_threads(threads)
     lines = ["Continuous symmetry (Liu-Shao-Bai §4, DESIGN.md §3): exact group of each residual-stream segment",

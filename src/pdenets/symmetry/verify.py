@@ -95,15 +95,19 @@ def radial_input_scale(model: nn.Module, inputs: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def verify(model: nn.Module, inputs: torch.Tensor, element: GroupElement | None = None,
+def verify(model: nn.Module, element: GroupElement | None = None, inputs: torch.Tensor | None = None,
            generator: torch.Generator | None = None, per_segment: bool = True, power: bool = True,
            analysis: Analysis | None = None) -> VerifyResult:
-    """Check that ``element`` (default: a random element of every segment's group) keeps the outputs.
+    """Check that ``element`` (``None``: a random element of every segment's group) keeps the outputs on ``inputs``.
 
     ``model`` is the model as trained (BN or folded, any dtype; it is not modified). Float64 errors compare the
     transformed folded float64 model with the original in float64; float32 errors compare the transformed model
     cast to float32 with the original float32 model (folding round-off included).
     """
+    if isinstance(element, torch.Tensor):  # verify(model, inputs) / verify(model, inputs, element)
+        element, inputs = (inputs if isinstance(inputs, GroupElement) else None), element
+    if inputs is None:
+        raise ValueError("verify needs a batch of inputs")
     generator = generator or torch.Generator().manual_seed(0)
     m64 = copy.deepcopy(model).eval().double()
     f64 = fold_bn(m64)
