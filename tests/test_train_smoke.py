@@ -4,6 +4,7 @@ import json
 
 import torch
 
+from _train_util import one_thread
 from pdenets.train.checkpoint import load_model
 from pdenets.train.config import resolve_config
 from pdenets.train.data import build_loaders
@@ -15,7 +16,8 @@ TINY = dict(model_kwargs={"widths": [8, 8, 8, 8]}, img_size=8, batch_size=32, ma
 
 def test_train_tiny_writes_run_and_reloads(tmp_path):
     cfg = resolve_config(recipe="quick", overrides=dict(TINY, epochs=2, out=str(tmp_path / "run")))
-    summary = train(cfg)
+    with one_thread():
+        summary = train(cfg)
     run = tmp_path / "run"
     on_disk = json.loads((run / "summary.json").read_text())
     for k in ("model", "dataset", "epochs", "test_top1", "test_top5", "params", "wall_seconds"):
@@ -28,7 +30,8 @@ def test_train_tiny_writes_run_and_reloads(tmp_path):
     # the reloaded last checkpoint gives the same test metrics as the run's final evaluation
     model, meta = load_model(run / "checkpoints" / "last")
     assert meta["create_kwargs"] == {"num_classes": 10, "in_chans": 1, "widths": [8, 8, 8, 8]}
-    ev = evaluate(model, build_loaders(cfg).eval, "cpu", confusion=True)
+    with one_thread():
+        ev = evaluate(model, build_loaders(cfg).eval, "cpu", confusion=True)
     assert abs(ev["top1"] - summary["test_top1"]) < 1e-9
     assert ev["n"] == 450 and sum(map(sum, ev["confusion"])) == 450
     # top-1 from the confusion matrix (an independent count) equals the reported top-1

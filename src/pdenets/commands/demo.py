@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(recipe="quick", overrides=overrides_from_args(args))
     n_threads = torch.get_num_threads()
     print(f"pdenets demo: training {cfg.model} on {cfg.dataset} ({cfg.img_size or 16}px) for {cfg.epochs} "
-          f"epochs with the 'quick' recipe ({n_threads} CPU threads) ...", flush=True)
+          f"epochs with the 'quick' recipe ({n_threads} CPU thread{'s' if n_threads > 1 else ''}) ...", flush=True)
     summary = train(cfg)
     if summary["status"] == "diverged":
         print(f"pdenets demo: {summary['message']}")

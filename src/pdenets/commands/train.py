@@ -62,6 +62,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reprob", type=float, help="random erasing probability")
     g.add_argument("--remode", help="random erasing mode (pixel, rand, const)")
     g.add_argument("--recount", type=int, help="random erasing count")
+    g.add_argument("--random-shift", type=int, metavar="N", help="digits: random translation by up to N pixels")
     g = p.add_argument_group("machinery")
     g.add_argument("--amp", choices=("bf16", "fp16"), help="automatic mixed precision")
     g.add_argument("--channels-last", action="store_const", const=True)

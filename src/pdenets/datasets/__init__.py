@@ -82,11 +82,12 @@ def build_transform(info: DatasetInfo, img_size: int, is_training: bool, augment
 
 def build_dataset(name: str, split: str, img_size: int | None = None, data_dir: str | os.PathLike | None = None,
                   download: bool = False, augment: dict[str, Any] | None = None, crop_pct: float | None = None,
-                  seed: int = 0):
+                  seed: int = 0, random_shift: int = 0):
     """The ``split`` ('train', 'val' or 'test'; 'val' = 'test' for sets with two splits) of data set ``name``.
 
     ``img_size`` defaults to 16 for digits and to the native size of the others (224 for ImageFolder).
-    ``augment`` is passed to timm's ``create_transform`` for the training split of real image sets.
+    ``augment`` is passed to timm's ``create_transform`` for the training split of real image sets;
+    ``random_shift`` is the digits' training augmentation (random translation by up to that many pixels).
     Bad names and paths raise :class:`~pdenets.errors.UsageError` (one line naming the value).
     """
     from pdenets.datasets.vision import TORCHVISION_SETS, build_imagefolder, build_torchvision_dataset
@@ -99,7 +100,7 @@ def build_dataset(name: str, split: str, img_size: int | None = None, data_dir: 
     if name == "digits":
         from pdenets.datasets.digits import DigitsDataset
 
-        return DigitsDataset(split, img_size or 16)
+        return DigitsDataset(split, img_size or 16, random_shift=random_shift if split == "train" else 0)
     if name == "circles":
         from pdenets.datasets.circles_dataset import CirclesDataset
 

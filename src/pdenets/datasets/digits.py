@@ -28,16 +28,27 @@ def digits_split_indices() -> tuple[list[int], list[int]]:
     return sorted(train), sorted(test)
 
 
+def random_translate(x: torch.Tensor, max_shift: int, fill: float) -> torch.Tensor:
+    """Shift a (C, H, W) image by random integers in [-max_shift, max_shift] along H and W (torch RNG),
+    filling the uncovered border with ``fill``."""
+    s = max_shift
+    dy, dx = (int(v) for v in torch.randint(-s, s + 1, (2,)))
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (s, s, s, s), value=fill)
+    return padded[..., s - dy:s - dy + h, s - dx:s - dx + w]
+
+
 class DigitsDataset(Dataset):
     """One split of the digits set as (1, img_size, img_size) float tensors and integer labels.
 
+    ``random_shift`` (training augmentation) translates each image by up to that many pixels.
     ``indices[i]`` is the index in scikit-learn's ``load_digits()`` of sample ``i`` (the NaN guard logs
     these, so a bad sample can be looked up). ``transform`` (optional) is applied to each image tensor.
     """
 
     classes = [str(i) for i in range(10)]
 
-    def __init__(self, split: str = "train", img_size: int = 16, transform=None) -> None:
+    def __init__(self, split: str = "train", img_size: int = 16, transform=None, random_shift: int = 0) -> None:
         from sklearn.datasets import load_digits
 
         if split not in ("train", "test", "val"):
@@ -55,12 +66,16 @@ class DigitsDataset(Dataset):
         self.targets = torch.tensor(data.target[self.indices], dtype=torch.long)
         self.transform = transform
         self.mean, self.std = float(mean), float(std)
+        self.random_shift = random_shift
+        self.background = float(-mean / std)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = self.images[i]
+        if self.random_shift:
+            x = random_translate(x, self.random_shift, self.background)
         if self.transform is not None:
             x = self.transform(x)
         return x, int(self.targets[i])

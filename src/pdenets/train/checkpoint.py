@@ -102,8 +102,8 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: str = "last") -> Path:
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
     candidates = []
     for base in (p, p / "checkpoints"):
-        names = (prefer, "best" if prefer == "last" else "last")
-        candidates += [base] + [base / n for n in names] + [base / f"{n}.old" for n in names]
+        other = "best" if prefer == "last" else "last"
+        candidates += [base, base / prefer, base / f"{prefer}.old", base / other, base / f"{other}.old"]
     for c in candidates:
         if (c / WEIGHTS).is_file():
             return c

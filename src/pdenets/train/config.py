@@ -31,7 +31,8 @@ class TrainConfig:
         decay_milestones, decay_epochs, decay_rate, smoothing (label smoothing), clip_grad (None: off),
         clip_mode ('norm', 'value', 'agc'), freeze_bn (BatchNorm kept in eval mode while training).
     Augmentation (timm's create_transform; real image sets only): no_aug, auto_augment ('rand-m7-mstd0.5-inc1'),
-        reprob / remode / recount (random erasing), hflip, scale, color_jitter.
+        reprob / remode / recount (random erasing), hflip, scale, color_jitter; random_shift: random
+        translation by up to N pixels of the digits' training images (independent of no_aug).
     Machinery: amp (None, 'bf16', 'fp16'), channels_last, compile, ema (+ ema_decay), seed, deterministic,
         device ('auto', 'cpu', 'cuda'), hooks (list of 'NAME[:VALUE]' training hooks), tensorboard, progress,
         log_interval, max_steps_per_epoch (None: the whole epoch; for smoke runs and tests), stop_after
@@ -82,6 +83,7 @@ class TrainConfig:
     hflip: float = 0.5
     scale: list[float] | None = None
     color_jitter: float | None = None
+    random_shift: int = 0
     # machinery
     amp: str | None = None
     channels_last: bool = False
@@ -129,7 +131,7 @@ class TrainConfig:
                 raise UsageError(f"--{k.replace('_', '-')} must be a positive integer, got {v!r}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be a positive number, got {self.lr!r}")
-        for k in ("weight_decay", "momentum", "smoothing", "reprob", "warmup_lr", "min_lr"):
+        for k in ("weight_decay", "momentum", "smoothing", "reprob", "warmup_lr", "min_lr", "random_shift"):
             if getattr(self, k) < 0:
                 raise UsageError(f"--{k.replace('_', '-')} must be non-negative, got {getattr(self, k)!r}")
         if self.warmup_epochs < 0 or self.workers < 0 or self.nan_snapshot_every < 0:

@@ -61,7 +61,8 @@ def build_loaders(cfg, dist_info: DistInfo | None = None) -> Loaders:
     if info.kind == "image" and img_size is None:
         img_size = 16 if cfg.dataset == "digits" else (info.native_size or 224)
     common = dict(img_size=img_size, data_dir=cfg.data_dir, download=cfg.download, seed=cfg.seed)
-    train_ds = build_dataset(cfg.dataset, "train", augment=augment_kwargs(cfg), crop_pct=cfg.crop_pct, **common)
+    train_ds = build_dataset(cfg.dataset, "train", augment=augment_kwargs(cfg), crop_pct=cfg.crop_pct,
+                             random_shift=cfg.random_shift, **common)
     eval_ds = build_dataset(cfg.dataset, "val", crop_pct=cfg.crop_pct, **common)
     sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed,
                                  drop_last=False)

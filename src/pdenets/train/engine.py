@@ -73,6 +73,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _tensors_to_numpy(obj: Any) -> Any:
+    if torch.is_tensor(obj):
+        return obj.cpu().numpy()
+    if isinstance(obj, dict):
+        return {k: _tensors_to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_tensors_to_numpy(v) for v in obj)
+    return obj
+
+
+def _numpy_to_tensors(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, dict):
+        return {k: _numpy_to_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_numpy_to_tensors(v) for v in obj)
+    return obj
+
+
 def model_create_kwargs(name: str, info, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Constructor keywords for ``create_model(name)`` on a data set: ``num_classes`` and ``in_chans`` for
     image models; for other models only those of ``num_classes`` / ``in_features`` / ``in_chans`` that the
@@ -101,7 +121,7 @@ def build_model(name: str, create_kwargs: dict[str, Any]) -> nn.Module:
     if name not in list_models():
         import timm
 
-        if name not in timm.list_models():
+        if not timm.is_model(name):
             raise UsageError(f"unknown model {name!r} (see `pdenets models`)")
     try:
         return create_model(name, **create_kwargs)
@@ -536,8 +556,8 @@ def _train(cfg: TrainConfig, d: DistInfo, t_start: float) -> dict[str, Any]:
             import torch.distributed as tdist
 
             gathered: list[Any] = [None] * d.world_size
-            tdist.all_gather_object(gathered, local_rng)
-            all_rng = gathered
+            tdist.all_gather_object(gathered, _tensors_to_numpy(local_rng))  # tensors do not pickle through gloo
+            all_rng = [_numpy_to_tensors(g) for g in gathered]
         else:
             all_rng = local_rng
         save_last(epoch + 1)
