@@ -153,6 +153,12 @@ def analyze(model: nn.Module) -> Analysis:
             reasons.append(f"{'/'.join(linear)} read/write it via 1×1 maps")
         if couple[i] is not None:
             reasons.append(f"permutation lifted from seg {couple[i]}")
+        fixed = [b.name for b in blocks if b.seg_in == i and type(getattr(model.get_submodule(b.name), "conv_p",
+                 None)).__name__ in ("Trapezoid1x1", "Identity")]
+        if i == n_seg - 1 and type(getattr(model, "fc", None)).__name__ == "Trapezoid1x1":
+            fixed.append("fc")
+        if fixed:
+            reasons.append(f"gauge already fixed at {fixed[0]} (only its stabiliser is left)")
         c = frozenset(cons[i])
         g = group_name(c)
         w = _stream_width(model, i)
