@@ -10,6 +10,15 @@ from pdenets.symmetry import fold_bn
 from pdenets.symmetry.fold import ChannelBias, FoldedDepthwise
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is faster than two (and immune to a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
@@ -27,14 +36,15 @@ EQS = [("eq3", {}), ("eq3", {"weight_sharing": False}), ("eq3p", {}), ("eq4", {}
 
 
 @pytest.mark.parametrize("eq,kw,stem", [(e, k, "small") for e, k in EQS] + [("eq4", {}, "imagenet")])
-def test_fold_bn_ql(eq, kw, stem, f64):
+@pytest.mark.parametrize("share", [False, True])
+def test_fold_bn_ql(eq, kw, stem, share, f64):
     torch.manual_seed(0)
     model = randomize_bn(QLNet(block=eq, layers=(2, 1, 1), widths=(6, 12, 24), num_classes=5, stem=stem,
                                act="softball", padding_mode="reflect" if eq == "eq6" else "zeros", **kw))
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         y = model(x)
-        folded = fold_bn(model)
+        folded = fold_bn(model, share_kernels=share)
         yf = folded(x)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, FoldedDepthwise) for m in folded.modules())

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pdenets.commands.ruseckas",
     "pdenets.commands.pde",
     "pdenets.commands.export",
+    "pdenets.commands.symmetry",
 )
 
 

@@ -21,6 +21,7 @@ from pdenets.errors import UsageError
 # Its markdown is appended to report.md and printed. The lead adds the symmetry table here, e.g.
 #     "pdenets.symmetry.report:demo_symmetry_table",
 POST_TRAINING_REPORTS: list[str] = [
+    "pdenets.symmetry.report:demo_symmetry_table",  # issue 4: analyze + verify on the trained model
 ]
 
 

@@ -33,24 +33,38 @@ __all__ = ["ChannelBias", "FoldedDepthwise", "bn_scale_shift", "fold_bn", "is_fo
 
 
 class FoldedDepthwise(nn.Module):
-    """Depthwise 3×3 conv with one kernel per output channel and a bias: a derivative conv with its BN folded.
+    """A derivative conv with its BatchNorm folded: depthwise 3×3, per-channel scale and bias.
 
-    Output channel c reads input channel ``c // (out_channels // groups)`` (``groups`` = input channels), as
-    in :class:`~pdenets.layers.derivative.DerivativeConv` with ``interleave='channel'``; an Eq. (7) conv
-    (one output per input channel) is the special case ``out_channels == groups``.
+    ``weight`` holds either one kernel per output channel (``shared=False``; the BN scale is multiplied in and
+    ``scale`` is ``None``) or the shared "ws" kernels (``shared=True``; then output channel c applies kernel
+    ``kernel_index[c]`` times ``scale[c]``, which keeps the parameter count of the unfolded conv + BN).
+    Output channel c reads input channel ``c // (out_channels // groups)`` (``groups`` = input channels).
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, groups: int, stride: int, padding_mode: str) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor, groups: int, stride: int, padding_mode: str,
+        scale: torch.Tensor | None = None, kernel_index: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(bias)
+        self.scale = nn.Parameter(scale) if scale is not None else None
+        self.shared = scale is not None
+        if self.shared:
+            self.register_buffer("kernel_index", kernel_index.clone(), persistent=False)
         self.groups, self.stride, self.padding_mode = groups, stride, padding_mode
 
+    def full_weight(self) -> torch.Tensor:
+        if not self.shared:
+            return self.weight
+        return self.weight[self.kernel_index] * self.scale.view(-1, 1, 1, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pad_conv2d(x, self.weight, self.stride, self.padding_mode, groups=self.groups, bias=self.bias)
+        return pad_conv2d(x, self.full_weight(), self.stride, self.padding_mode, groups=self.groups, bias=self.bias)
 
     def extra_repr(self) -> str:
-        return f"{self.groups}, {self.weight.shape[0]}, stride={self.stride}, padding_mode={self.padding_mode!r}"
+        return (f"{self.groups}, {self.bias.shape[0]}, stride={self.stride}, padding_mode={self.padding_mode!r}, "
+                f"shared={self.shared}")
 
 
 class ChannelBias(nn.Module):
@@ -84,23 +98,27 @@ def _fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         conv.bias = nn.Parameter((old + b).to(conv.weight.dtype))
 
 
-def _fold_derivative(conv: nn.Module, bn: nn.BatchNorm2d) -> FoldedDepthwise:
+def _kernel_index(conv: DerivativeConv) -> torch.Tensor:
+    idx = torch.arange(conv.weight.shape[0])
+    if conv.interleave == "channel":
+        return idx.repeat(conv.channels)
+    return idx.repeat_interleave(conv.channels // conv.kernels)
+
+
+def _fold_derivative(conv: DerivativeConv, bn: nn.BatchNorm2d, share_kernels: bool) -> FoldedDepthwise:
     s, b = bn_scale_shift(bn)
-    if isinstance(conv, DerivativeConv):
-        w = conv.full_weight().detach().clone()
-        groups, stride, mode, bias0 = conv.channels, conv.stride, conv.padding_mode, torch.zeros_like(s)
-    elif isinstance(conv, FoldedDepthwise):
-        w, bias0 = conv.weight.detach().clone(), conv.bias.detach().clone()
-        groups, stride, mode = conv.groups, conv.stride, conv.padding_mode
-    else:  # pragma: no cover - defensive
-        raise TypeError(f"not a derivative conv: {type(conv).__name__}")
-    w = w * s.view(-1, 1, 1, 1).to(w.dtype)
-    return FoldedDepthwise(w, (bias0 * s + b).to(w.dtype), groups, stride, mode)
+    dt = conv.weight.dtype
+    s, b = s.to(dt), b.to(dt)
+    if share_kernels and conv.weight_sharing:
+        return FoldedDepthwise(conv.weight.detach().clone(), b, conv.channels, conv.stride, conv.padding_mode,
+                               scale=s, kernel_index=_kernel_index(conv))
+    w = conv.full_weight().detach().clone() * s.view(-1, 1, 1, 1)
+    return FoldedDepthwise(w, b, conv.channels, conv.stride, conv.padding_mode)
 
 
-def _fold_block(block: QLBlock) -> None:
+def _fold_block(block: QLBlock, share_kernels: bool) -> None:
     if isinstance(getattr(block, "bn_d", None), nn.BatchNorm2d):
-        block.conv_d = _fold_derivative(block.conv_d, block.bn_d)
+        block.conv_d = _fold_derivative(block.conv_d, block.bn_d, share_kernels)
         block.bn_d = nn.Identity()
     bn_a = getattr(block, "bn_a", None)
     if isinstance(bn_a, nn.BatchNorm2d):
@@ -136,8 +154,12 @@ def _fold_generic(module: nn.Module) -> None:
             module._modules[bn_name] = nn.Identity()
 
 
-def fold_bn(model: nn.Module) -> nn.Module:
+def fold_bn(model: nn.Module, share_kernels: bool = False) -> nn.Module:
     """Deep copy of ``model`` in eval mode with every BatchNorm folded into its neighbouring conv.
+
+    ``share_kernels=False`` (default) turns a "ws" derivative conv + BN into one kernel per channel with a bias
+    (one plain depthwise conv, the fastest form). ``share_kernels=True`` keeps the shared kernels and stores the
+    BN scale as a per-channel ``scale`` (same parameter count as the unfolded model: used by compression).
 
     The outputs are unchanged (up to round-off: ≤ 1e-12 relative in float64). The copy keeps the module
     tree (BNs become ``nn.Identity`` or :class:`ChannelBias`), so names such as ``layer2.0.conv_a`` still
@@ -146,7 +168,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     for m in list(model.modules()):
         if isinstance(m, QLBlock):
-            _fold_block(m)
+            _fold_block(m, share_kernels)
     for m in list(model.modules()):
         _fold_generic(m)
     left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -22,6 +22,7 @@ HOOK_MODULES: tuple[str, ...] = (
     "pdenets.dynamics.regularizers",
     "pdenets.train.layer_smooth",
     "pdenets.pde.cross_layer",
+    "pdenets.symmetry.prox",
 )
 
 

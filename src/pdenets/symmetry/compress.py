@@ -1,0 +1,366 @@
+"""Compression with the symmetry: exact width reduction, gauge fixing, and a lossy PCA fallback.
+
+**Width reduction (lossless).** In a segment whose group contains O (or GL), everything written into the
+stream is a linear combination of the columns of the stacked *writer matrix*
+``M = [A₁ b₁ | S b_S | A₂ b₂ | ...]`` (the folded 1×1 maps and biases that write the segment; the radial
+activations only rescale vectors, which keeps them in the span). If M has numerical rank r < n (SVD in
+float64), the stream lives in the span of the first r left singular vectors U_r: writers become U_rᵀ A,
+readers W U_r, the classifier W U_r, and the segment has r channels. The radius R of hardball/softball is kept
+at its original value: |U_r z| = |z|. Segments are processed in order, so a reduction cascades into the
+readers of the next stage. Segments bounded by the stem's ReLU or read channel by channel (monomial groups)
+are not rotated.
+
+**Gauge fixing.** The group also lets one fix one matrix per segment: with T = Qᵀ from an LQ decomposition,
+the first reader P (of the first ``eq3p`` block reading the segment, else the classifier) becomes lower
+trapezoidal, P T⁻¹ = L, removing the k·n − (entries of L) parameters above the diagonal (n(n−1)/2 for a square
+P); for a GL segment with a square invertible P, T = P turns it into the identity (n² parameters removed).
+
+**Lossy fallback** (clearly *lossy*): PCA of the stream on calibration data, one orthonormal U per segment
+(SliceGPT-style), keeping a chosen width; :func:`pca_curve` reports agreement against the kept width.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pdenets.symmetry.analyze import Analysis, analyze
+from pdenets.symmetry.fold import fold_bn, is_folded
+from pdenets.symmetry.transform import GroupElement, load_params, transformed_params
+
+__all__ = ["Trapezoid1x1", "compress_widths", "gauge_fix", "load_compressed", "pca_compress", "pca_curve",
+           "qlnet_config", "save_compressed", "segment_writers", "writer_matrix"]
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def segment_writers(analysis: Analysis, seg: int, bn_names: bool = False) -> list[tuple[str, str | None]]:
+    """(weight name, bias name) of the 1×1 maps that write segment ``seg`` (seg ≥ 1; folded names, or the
+    unfolded (weight, BN) names with ``bn_names=True``)."""
+    out: list[tuple[str, str | None]] = []
+    for b in analysis.blocks:
+        if b.seg_out != seg or b.equation in ("eq4", "eq5"):
+            continue
+        if bn_names:
+            out.append((f"{b.name}.conv_a.weight", f"{b.name}.bn_a"))
+            if b.has_skip_conv:
+                out.append((f"{b.name}.downsample.0.weight", f"{b.name}.downsample.1"))
+        else:
+            out.append((f"{b.name}.conv_a.weight", f"{b.name}.conv_a.bias"))
+            if b.has_skip_conv:
+                out.append((f"{b.name}.downsample.0.weight", f"{b.name}.downsample.0.bias"))
+    return out
+
+
+def writer_matrix(model: nn.Module, analysis: Analysis, seg: int) -> torch.Tensor:
+    """The stacked writer matrix [A₁ b₁ | S b_S | ...] of segment ``seg`` of a folded model (float64)."""
+    p = dict(model.named_parameters())
+    cols = []
+    for w, b in segment_writers(analysis, seg):
+        cols.append(p[w].detach().double().reshape(p[w].shape[0], -1))
+        cols.append(p[b].detach().double().reshape(-1, 1))
+    return torch.cat(cols, 1)
+
+
+def _basis_change(model: nn.Module, analysis: Analysis, seg: int, u: torch.Tensor) -> dict[str, torch.Tensor]:
+    """New tensors for the stream of ``seg`` expressed in the orthonormal columns of u (n × r)."""
+    p = dict(model.named_parameters())
+    dt = next(iter(p.values())).dtype
+    u = u.to(dt)
+    new: dict[str, torch.Tensor] = {}
+
+    def left(name: str) -> None:  # writer: rows → Uᵀ rows
+        w = new.get(name, p[name].detach())
+        new[name] = torch.einsum("ir,i...->r...", u, w)
+
+    def right(name: str) -> None:  # reader: columns → columns U
+        w = new.get(name, p[name].detach())
+        new[name] = torch.einsum("ki...,ir->kr...", w, u)
+
+    for w, b in segment_writers(analysis, seg):
+        left(w)
+        left(b)
+    for blk in analysis.blocks:
+        if blk.seg_in != seg:
+            continue
+        if blk.equation != "eq3p":
+            raise ValueError(f"{blk.name} ({blk.equation}) reads the raw stream: cannot rotate segment {seg}")
+        for name in ("conv_p", "conv_c"):
+            if f"{blk.name}.{name}.weight" in p:
+                right(f"{blk.name}.{name}.weight")
+        if blk.has_skip_conv:
+            right(f"{blk.name}.downsample.0.weight")
+    if seg == len(analysis.segments) - 1 and analysis.has_fc:
+        right("fc.weight")
+    return new
+
+
+@dataclass
+class SegmentCompression:
+    index: int
+    width: int
+    rank: int
+    sigma_max: float
+    sigma_dropped: float
+    params_removed: int
+    sigma_kept_min: float = float("nan")
+    note: str = ""
+
+
+def compress_widths(model: nn.Module, rtol: float = 1e-6) -> tuple[nn.Module, list[SegmentCompression]]:
+    """Exact width reduction of every rotatable segment whose writer matrix has numerical rank r < n.
+
+    ``rtol``: singular values ≤ rtol·σ_max count as zero (in float64). Returns the compressed folded model
+    (shared-kernel form) and one row per segment.
+    """
+    folded = model if is_folded(model) else fold_bn(model, share_kernels=True)
+    folded = copy.deepcopy(folded).eval()
+    rows = []
+    analysis = analyze(folded)
+    for seg in analysis.segments:
+        if seg.index == 0 or not seg.compressible or any(
+            b.seg_in == seg.index and b.equation != "eq3p" for b in analysis.blocks
+        ):
+            rows.append(SegmentCompression(seg.index, seg.width, seg.width, float("nan"), float("nan"), 0,
+                                           note=f"not rotatable ({seg.group})"))
+            continue
+        m = writer_matrix(folded, analysis, seg.index)
+        u, s, _ = torch.linalg.svd(m, full_matrices=False)
+        r = int((s > rtol * s[0]).sum()) if s[0] > 0 else 0
+        r = max(r, 1)
+        dropped = float(s[r]) if r < s.numel() else 0.0
+        if r >= seg.width:
+            rows.append(SegmentCompression(seg.index, seg.width, seg.width, float(s[0]), 0.0, 0, note="full rank"))
+            continue
+        before = n_params(folded)
+        folded = load_params(folded, _basis_change(folded, analysis, seg.index, u[:, :r]))
+        analysis = analyze(folded)
+        rows.append(SegmentCompression(seg.index, seg.width, r, float(s[0]), dropped, before - n_params(folded),
+                                       sigma_kept_min=float(s[r - 1])))
+    return folded, rows
+
+
+class Trapezoid1x1(nn.Module):
+    """A 1×1 conv (``kind='conv'``) or linear map whose k×n weight is lower trapezoidal (W[i, j] = 0 for
+    j > i): only the entries on or below the diagonal are stored (gauge-fixed reader)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, kind: str = "conv") -> None:
+        super().__init__()
+        k, n = weight.shape
+        mask = torch.ones(k, n, dtype=torch.bool).tril()
+        self.register_buffer("index", mask.flatten().nonzero().squeeze(1), persistent=False)
+        self.k, self.n, self.kind = k, n, kind
+        self.values = nn.Parameter(weight.detach().flatten()[self.index].clone())
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+    @staticmethod
+    def stored(k: int, n: int) -> int:
+        return int(torch.ones(k, n).tril().sum())
+
+    def full_weight(self) -> torch.Tensor:
+        w = self.values.new_zeros(self.k * self.n).index_copy(0, self.index, self.values)
+        return w.view(self.k, self.n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.full_weight()
+        if self.kind == "conv":
+            return F.conv2d(x, w[:, :, None, None], self.bias)
+        return F.linear(x, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.n}, {self.k}, kind={self.kind!r}, stored={self.values.numel()}"
+
+
+@dataclass
+class GaugeRow:
+    index: int
+    group: str
+    matrix: str
+    form: str
+    params_removed: int
+
+
+def gauge_fix(model: nn.Module) -> tuple[nn.Module, list[GaugeRow]]:
+    """Fix the gauge of every GL/O segment (see module docstring). Returns the new model and what it removed."""
+    folded = model if is_folded(model) else fold_bn(model, share_kernels=True)
+    folded = copy.deepcopy(folded).eval()
+    analysis = analyze(folded)
+    rows = []
+    mods = dict(folded.named_modules())
+    for seg in analysis.segments:
+        if not seg.compressible:
+            continue
+        target = next((b for b in analysis.blocks if b.seg_in == seg.index and b.equation == "eq3p"
+                       and isinstance(mods[f"{b.name}.conv_p"], nn.Conv2d)), None)
+        if target is not None:
+            name, w = f"{target.name}.conv_p", mods[f"{target.name}.conv_p"].weight
+        elif seg.index == len(analysis.segments) - 1 and isinstance(getattr(folded, "fc", None), nn.Linear):
+            name, w = "fc", folded.fc.weight
+        else:
+            continue
+        p = w.detach().double().reshape(w.shape[0], w.shape[1])
+        k, n = p.shape
+        if seg.group == "GL" and k == n and name != "fc" and torch.linalg.matrix_rank(p) == n:
+            t = p  # P T⁻¹ = I
+            form = "identity"
+        else:
+            q, _ = torch.linalg.qr(p.T, mode="complete")  # Pᵀ = Q R  ⇒  P Q = Rᵀ lower trapezoidal
+            t = q.T
+            form = "lower trapezoidal"
+        el = GroupElement([t if i == seg.index else None for i in range(len(analysis.segments))])
+        folded = load_params(folded, transformed_params(folded, analysis, el, strict=True))
+        mods = dict(folded.named_modules())
+        mod = mods[name]
+        parent_name, _, attr = name.rpartition(".")
+        parent = mods[parent_name] if parent_name else folded
+        if form == "identity":
+            setattr(parent, attr, nn.Identity())
+            removed = k * n
+        else:
+            wt = mod.weight.detach().reshape(k, n)
+            setattr(parent, attr, Trapezoid1x1(wt, mod.bias if isinstance(mod, nn.Linear) else None,
+                                              "linear" if isinstance(mod, nn.Linear) else "conv"))
+            removed = k * n - Trapezoid1x1.stored(k, n)
+        mods = dict(folded.named_modules())
+        rows.append(GaugeRow(seg.index, seg.group, name, form, removed))
+    return folded, rows
+
+
+# ---- saving and loading a compressed model ----------------------------------------------------------------
+
+QLNET_KEYS = ("block", "layers", "widths", "num_classes", "in_chans", "multiplier", "weight_sharing", "act",
+              "act_placement", "padding_mode", "stem")
+
+
+def qlnet_config(model: nn.Module) -> dict[str, Any]:
+    """Constructor arguments of a :class:`~pdenets.models.qlnet.QLNet` (original widths, so R is kept)."""
+    blk = model.stages[0][0]
+    cfg = dict(block=model.block_name, layers=list(model.layers), widths=list(model.widths),
+               num_classes=model.num_classes, in_chans=model.in_chans, multiplier=blk.multiplier,
+               weight_sharing=blk.weight_sharing, act=model.act_name, act_placement=model.act_placement,
+               padding_mode=blk.padding_mode, stem="small" if isinstance(model.maxpool, nn.Identity) else "imagenet")
+    cfg["_radii"] = {n: m.radius for n, m in model.named_modules() if hasattr(m, "radius")}
+    return cfg
+
+
+def _structure(model: nn.Module) -> dict[str, list]:
+    st: dict[str, list] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Trapezoid1x1):
+            st[name] = ["trapezoid", m.k, m.n, m.kind, m.bias is not None]
+        elif isinstance(m, nn.Identity) and name.endswith("conv_p"):
+            st[name] = ["identity"]
+    return st
+
+
+def save_compressed(model: nn.Module, path: str, config: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
+    """Save a folded/compressed QLNet: constructor arguments, module replacements and the state dict."""
+    torch.save({"format": "pdenets-symmetry-compressed/1", "config": config, "structure": _structure(model),
+                "state_dict": model.state_dict(), "meta": meta or {}}, path)
+
+
+def load_compressed(path_or_obj: str | dict) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_compressed`; returns (model in eval mode, meta)."""
+    from pdenets.models.qlnet import QLNet
+
+    obj = torch.load(path_or_obj, map_location="cpu", weights_only=False) if isinstance(path_or_obj, str) \
+        else path_or_obj
+    if obj.get("format") != "pdenets-symmetry-compressed/1":
+        raise ValueError("not a compressed pdenets checkpoint (written by `pdenets symmetry compress`)")
+    cfg = {k: v for k, v in obj["config"].items() if not k.startswith("_")}
+    model = fold_bn(QLNet(**cfg), share_kernels=True)
+    mods = dict(model.named_modules())
+    for name, spec in obj["structure"].items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = mods[parent_name] if parent_name else model
+        if spec[0] == "identity":
+            setattr(parent, attr, nn.Identity())
+        else:
+            _, k, n, kind, has_bias = spec
+            setattr(parent, attr, Trapezoid1x1(torch.zeros(k, n), torch.zeros(k) if has_bias else None, kind))
+    mods = dict(model.named_modules())
+    sd = obj["state_dict"]
+    with torch.no_grad():
+        for key, v in sd.items():
+            mod_name, _, attr = key.rpartition(".")
+            mod = mods[mod_name] if mod_name else model
+            cur = getattr(mod, attr, None)
+            if isinstance(cur, nn.Parameter) and cur.shape != v.shape:
+                setattr(mod, attr, nn.Parameter(torch.empty_like(v)))
+    for name, r in obj["config"].get("_radii", {}).items():
+        if name in mods:
+            mods[name].radius = r
+    model.load_state_dict(sd)
+    return model.eval(), obj.get("meta", {})
+
+
+# ---- lossy: PCA of the stream ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def stream_covariance(model: nn.Module, analysis: Analysis, inputs: torch.Tensor) -> list[torch.Tensor | None]:
+    """Uncentred second moment Σ x xᵀ of the stream vectors of each rotatable segment (block outputs)."""
+    covs: list[torch.Tensor | None] = [None] * len(analysis.segments)
+    hooks = []
+    mods = dict(model.named_modules())
+    for b in analysis.blocks:
+        seg = analysis.segments[b.seg_out]
+        if seg.index == 0 or not seg.compressible:
+            continue
+
+        def hook(_m, _a, out, i=seg.index):
+            z = out.detach().double().transpose(0, 1).reshape(out.shape[1], -1)
+            c = z @ z.T
+            covs[i] = c if covs[i] is None else covs[i] + c
+
+        hooks.append(mods[b.name].register_forward_hook(hook))
+    try:
+        model(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return covs
+
+
+def pca_compress(model: nn.Module, inputs: torch.Tensor, keep: float) -> nn.Module:
+    """LOSSY: keep the top ``keep`` fraction of principal directions of every rotatable segment (calibrated on
+    ``inputs``) and drop the rest. The function changes; measure it (:func:`pca_curve`)."""
+    folded = model if is_folded(model) else fold_bn(model, share_kernels=True)
+    folded = copy.deepcopy(folded).eval()
+    analysis = analyze(folded)
+    covs = stream_covariance(folded, analysis, inputs.to(next(folded.parameters()).dtype))
+    for seg in analysis.segments:
+        c = covs[seg.index]
+        if c is None or any(b.seg_in == seg.index and b.equation != "eq3p" for b in analysis.blocks):
+            continue
+        evals, evecs = torch.linalg.eigh(c)
+        r = max(1, round(keep * seg.width))
+        u = evecs[:, evals.argsort(descending=True)[:r]]
+        folded = load_params(folded, _basis_change(folded, analysis, seg.index, u))
+        analysis = analyze(folded)
+    return folded
+
+
+@torch.no_grad()
+def pca_curve(model: nn.Module, calib: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor | None = None,
+              keeps: tuple[float, ...] = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)) -> list[dict[str, float]]:
+    """LOSSY PCA fallback: for each kept fraction, parameters, top-1 agreement with the original model and
+    (with ``targets``) accuracy."""
+    model = model.eval()
+    ref = model(inputs).argmax(1)
+    out = []
+    for k in keeps:
+        m = pca_compress(model, calib, k)
+        pred = m(inputs.to(next(m.parameters()).dtype)).argmax(1)
+        row = {"keep": k, "params": n_params(m), "agreement": (pred == ref).double().mean().item()}
+        if targets is not None:
+            row["accuracy"] = (pred == targets).double().mean().item()
+        out.append(row)
+    return out
