@@ -18,8 +18,7 @@ from pdenets.errors import UsageError
 # ---- post-training reports ---------------------------------------------------------------------------
 # Each entry is "module:function", called after training as
 #     function(model=<trained model, eval mode>, run_dir=<Path>, summary=<dict>) -> (title, markdown) | None
-# Its markdown is appended to report.md and printed. The lead adds the symmetry table here, e.g.
-#     "pdenets.symmetry.report:demo_symmetry_table",
+# Its markdown is appended to report.md and printed.
 POST_TRAINING_REPORTS: list[str] = [
     "pdenets.symmetry.report:demo_symmetry_table",  # issue 4: analyze + verify on the trained model
 ]
