@@ -99,7 +99,7 @@ def test_box_hook_projects_k_only(f64):
     w_before = m.stages[0].unit0.layers[1].weight.clone()
     with torch.no_grad():
         create_hook("box").after_step(m, lr=0.1)
-    w = m.stages[0].unit0.layers[1].weight
+    w = m.stages[0].unit0.layers[1].weight.detach()
     assert float(w.abs().max()) == 1.0 and torch.equal(w, w_before.clamp(-1, 1))
     assert torch.equal(m.fc.weight, fc_before)
     with torch.no_grad():

@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pdenets.errors import UsageError
-
 # ---- post-training reports ---------------------------------------------------------------------------
 # Each entry is "module:function", called after training as
 #     function(model=<trained model, eval mode>, run_dir=<Path>, summary=<dict>) -> (title, markdown) | None
@@ -61,15 +59,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pdenets.commands.train import overrides_from_args
+    from pdenets.commands.train import overrides_from_args, set_threads
     from pdenets.train.checkpoint import load_model
     from pdenets.train.config import resolve_config
     from pdenets.train.engine import train
 
-    if args.threads:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     t0 = time.time()
     cfg = resolve_config(recipe="quick", overrides=overrides_from_args(args))
     n_threads = torch.get_num_threads()

@@ -133,15 +133,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from pdenets.train.config import resolve_config
     from pdenets.train.engine import train
 
-    if args.threads:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = resolve_config(config_file=args.config, overrides=overrides_from_args(args))
     if args.print_config:
         import yaml
@@ -162,3 +158,13 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: summary[k] for k in keys}))
     print(f"run directory: {summary['run_dir']}  (report.md, summary.json, checkpoints/)")
     return 0
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (None/0: keep torch's default); a non-positive value is a usage error."""
+    import torch
+
+    if threads:
+        if threads < 1:
+            raise UsageError(f"--threads must be a positive integer, got {threads}")
+        torch.set_num_threads(threads)

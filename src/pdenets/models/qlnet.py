@@ -30,6 +30,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from pdenets.layers.activations import create_act, parse_act_spec
 from pdenets.layers.derivative import check_padding_mode
 from pdenets.layers.ql_blocks import BLOCKS, create_block
+from pdenets.models.common import TimmClassifierMixin
 from pdenets.models.registry import register_image_model
 
 LAYOUTS: dict[str, tuple[int, ...]] = {"50": (3, 4, 6, 3), "26": (2, 2, 2, 2), "18": (1, 1, 1, 1)}
@@ -37,7 +38,7 @@ WIDTHS = (64, 128, 256, 512)
 SMALL_WIDTHS = (32, 64, 128, 256)
 
 
-class QLNet(nn.Module):
+class QLNet(TimmClassifierMixin, nn.Module):
     """Quasi-linear hyperbolic ConvNet (Liu-Shao-Bai). One configurable class; see module docstring.
 
     Args:
@@ -55,6 +56,9 @@ class QLNet(nn.Module):
         zero_init_last: zero γ of each block's last BN.
         global_pool: timm pooling type ('avg', 'max', ...).
     """
+
+    _STEM_PATTERN = r"^conv1|bn1|maxpool"
+    _BLOCK_PATTERNS = (r"^layer(\d+)", r"^layer(\d+)\.(\d+)")
 
     def __init__(
         self,
@@ -149,22 +153,6 @@ class QLNet(nn.Module):
                 m.init_last_bn()
 
     # ---- timm model interface -------------------------------------------------------------------
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(stem=r"^conv1|bn1|maxpool", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f"expected a 4-D input (N, C, H, W) with C={self.in_chans}, got shape {tuple(x.shape)}")

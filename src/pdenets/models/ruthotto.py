@@ -37,6 +37,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from pdenets.dynamics.integrators import UNITS, PDEUnit, create_unit
 from pdenets.layers.derivative import check_padding_mode
 from pdenets.layers.symmetric import SymmetricLayer
+from pdenets.models.common import TimmClassifierMixin
 from pdenets.models.registry import register_image_model
 
 STL10_WIDTHS = (16, 64, 128, 256)
@@ -74,7 +75,7 @@ class Connector(nn.Sequential):
         self.pool = nn.AvgPool2d(2) if pool else nn.Identity()
 
 
-class RHNet(nn.Module):
+class RHNet(TimmClassifierMixin, nn.Module):
     """Ruthotto-Haber PDE-CNN. One configurable class; see the module docstring.
 
     Args:
@@ -87,6 +88,9 @@ class RHNet(nn.Module):
         norm / act / padding_mode / bias: options of :class:`~pdenets.layers.symmetric.SymmetricLayer`.
         drop_rate: dropout before the classifier.   global_pool: timm pooling type.
     """
+
+    _STEM_PATTERN = r"^stem"
+    _BLOCK_PATTERNS = (r"^stages\.(\d+)", r"^stages\.(\d+)\.(\w+)")
 
     def __init__(
         self,
@@ -158,22 +162,6 @@ class RHNet(nn.Module):
             u.reversible = enable
 
     # ---- timm model interface --------------------------------------------------------------------
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\w+)")
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected input (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}")

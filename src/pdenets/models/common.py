@@ -1,0 +1,40 @@
+"""Pieces shared by the image-model families: timm's classifier interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.layers import create_classifier
+
+
+class TimmClassifierMixin:
+    """timm's model interface for a network with ``num_features``, ``global_pool`` and ``fc``.
+
+    The class sets ``_STEM_PATTERN`` / ``_BLOCK_PATTERNS`` (coarse, fine) for :meth:`group_matcher`.
+    """
+
+    _STEM_PATTERN: str = r"^stem"
+    _BLOCK_PATTERNS: tuple[str, str] = (r"^stages\.(\d+)", r"^stages\.(\d+)\.(\w+)")
+    num_features: int
+    num_classes: int
+    grad_checkpointing: bool
+    global_pool: nn.Module
+    fc: nn.Module
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=self._STEM_PATTERN, blocks=self._BLOCK_PATTERNS[0 if coarse else 1])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
