@@ -10,7 +10,8 @@ from timm.layers import create_classifier
 
 
 class TimmClassifierMixin:
-    """timm's model interface for a network with ``num_features``, ``global_pool`` and ``fc``.
+    """timm's model interface for a network with ``forward_features``, ``num_features``, ``global_pool``,
+    ``fc`` and ``drop_rate`` (dropout before the classifier).
 
     The class sets ``_STEM_PATTERN`` / ``_BLOCK_PATTERNS`` (coarse, fine) for :meth:`group_matcher`.
     """
@@ -22,6 +23,8 @@ class TimmClassifierMixin:
     grad_checkpointing: bool
     global_pool: nn.Module
     fc: nn.Module
+    drop_rate: float
+    training: bool
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -38,3 +41,12 @@ class TimmClassifierMixin:
     def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
         self.num_classes = num_classes
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -172,15 +172,6 @@ class QLNet(TimmClassifierMixin, nn.Module):
                 x = stage(x)
         return self.final_act(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 # ---- registration ---------------------------------------------------------------------------------
 

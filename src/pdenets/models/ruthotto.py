@@ -167,15 +167,6 @@ class RHNet(TimmClassifierMixin, nn.Module):
             raise ValueError(f"expected input (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
         return self.stages(self.stem(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 # ---- registration ---------------------------------------------------------------------------------
 
