@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
+from _helpers import one_thread  # noqa: F401  (re-exported for the training tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,12 +41,3 @@ def max_abs_diff(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
 
 
-class one_thread:
-    """Context manager: torch on one thread (tiny models are slower with two on a busy machine)."""
-
-    def __enter__(self):
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.n)

@@ -14,3 +14,12 @@ def f64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (restored afterwards): tiny workloads only pay for thread overhead."""
+    from _helpers import one_thread as _one_thread
+
+    with _one_thread():
+        yield

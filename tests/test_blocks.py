@@ -5,19 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from _helpers import randomize_bn
 from pdenets.layers.ql_blocks import create_block
-
-
-def _randomize_bn(block: nn.Module) -> None:
-    g = torch.Generator().manual_seed(3)
-    for m in block.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g))
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(c, generator=g))
-            m.bias.data.copy_(torch.randn(c, generator=g))
-    block.eval()
 
 
 def bn(x: torch.Tensor, m: nn.BatchNorm2d) -> torch.Tensor:
@@ -41,7 +30,7 @@ def test_eq3(stride, o, f64):
     torch.manual_seed(0)
     n, m = 6, 4
     blk = create_block("eq3", n, o, stride, multiplier=m, zero_init_last=False)
-    _randomize_bn(blk)
+    randomize_bn(blk, seed=3).eval()
     u = torch.randn(2, n, 8, 8)
     du = deriv(u, blk.conv_d.weight, stride)  # (N, j, d, H, W)
     du = bn(du.flatten(1, 2), blk.bn_d).unflatten(1, (n, m))
@@ -56,7 +45,7 @@ def test_eq3(stride, o, f64):
 def test_eq3p_equals_eq3_on_premixed_input(f64):
     torch.manual_seed(0)
     blk = create_block("eq3p", 5, 5, 1, zero_init_last=False)
-    _randomize_bn(blk)
+    randomize_bn(blk, seed=3).eval()
     u = torch.randn(2, 5, 6, 6)
     pu = torch.einsum("ij,njhw->nihw", w1x1(blk.conv_p), u)
     ref = blk.bn_a(blk.conv_a(blk.bn_d(blk.conv_d(pu)) * blk.conv_c(u)))
@@ -70,7 +59,7 @@ def test_eq4(f64):
     torch.manual_seed(1)
     n, o, m = 5, 5, 4
     blk = create_block("eq4", n, o, 1, multiplier=m, zero_init_last=False)
-    _randomize_bn(blk)
+    randomize_bn(blk, seed=3).eval()
     u = torch.randn(2, n, 7, 7)
     du = bn(deriv(u, blk.conv_d.weight, 1).flatten(1, 2), blk.bn_d).unflatten(1, (n, m))
     a_du = torch.einsum("ijd,njdhw->nihw", w1x1(blk.conv_a).reshape(o, n, m), du)
@@ -83,7 +72,7 @@ def test_eq5_each_channel_sees_own_derivatives(stride, o, f64):
     torch.manual_seed(2)
     n, m = 4, 4
     blk = create_block("eq5", n, o, stride, multiplier=m)
-    _randomize_bn(blk)
+    randomize_bn(blk, seed=3).eval()
     u = torch.randn(2, n, 8, 8)
     du = bn(deriv(u, blk.conv_d.weight, stride).flatten(1, 2), blk.bn_d).unflatten(1, (n, m))
     coef = torch.einsum("jdk,nkhw->njdhw", w1x1(blk.conv_c).reshape(n, m, n), u[:, :, ::stride, ::stride])
@@ -99,7 +88,7 @@ def test_eq6(f64):
     torch.manual_seed(3)
     n, o, m = 4, 8, 4
     blk = create_block("eq6", n, o, 2, multiplier=m, zero_init_last=False)
-    _randomize_bn(blk)
+    randomize_bn(blk, seed=3).eval()
     u = torch.randn(2, n, 8, 8)
     w = u * torch.einsum("jk,nkhw->njhw", w1x1(blk.conv_c), u)
     dw = bn(deriv(w, blk.conv_d.weight, 2).flatten(1, 2), blk.bn_d).unflatten(1, (n, m))
@@ -112,7 +101,7 @@ def test_eq7(ws, f64):
     torch.manual_seed(4)
     n, o, m = 3, 3, 6
     blk = create_block("eq7", n, o, 1, multiplier=m, weight_sharing=ws, zero_init_last=False)
-    _randomize_bn(blk)
+    randomize_bn(blk, seed=3).eval()
     u = torch.randn(2, n, 6, 6)
     C = w1x1(blk.conv_c).reshape(m, n, n)  # C^a_{jk}
     w = u[:, None] * torch.einsum("ajk,nkhw->najhw", C, u)  # (N, a, j, H, W)

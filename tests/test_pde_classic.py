@@ -17,15 +17,7 @@ from pdenets.pde.classic import (
     wave_system_matrices,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These solvers run thousands of convs on small grids: intra-op threads only add overhead (and a lot of
-    it on a loaded machine), so run them on one thread and restore the setting afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _periodic_gaussian(L, N, s0):

@@ -12,15 +12,6 @@ from pdenets.pde.cross_layer import consecutive_weight_pairs
 from pdenets.train.hooks import create_hook, list_hooks
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convs: intra-op threads only add overhead (a lot of it on a loaded machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_coordinate_coefficients_values(f64):
     cc = CoordinateCoefficients(2, "quadratic")
     with torch.no_grad():

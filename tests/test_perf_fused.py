@@ -9,26 +9,15 @@ import time
 
 import pytest
 import torch
-import torch.nn as nn
 
+from _helpers import randomize_bn
 from pdenets.layers.fused import _FusedDerivativeBN, fused_derivative_bn
 from pdenets.layers.ql_blocks import create_block
 
 
-def _randomize_bn(block: nn.Module, seed: int = 3) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in block.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g))
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(c, generator=g))
-            m.bias.data.copy_(torch.randn(c, generator=g))
-
-
 def _pair(eq, n, o, stride, **kw):
     ref = create_block(eq, n, o, stride, zero_init_last=False, fused=False, **kw)
-    _randomize_bn(ref)
+    randomize_bn(ref, seed=3)
     fus = copy.deepcopy(ref)
     fus.fused = True
     return ref, fus

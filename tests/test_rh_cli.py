@@ -3,18 +3,10 @@
 import json
 
 import pytest
-import torch
 
 from pdenets.cli import main
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny workloads: one thread avoids oversubscription on a shared machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rh_fractions_smoke(tmp_path, capsys):

@@ -5,11 +5,13 @@ import warnings
 import pytest
 import torch
 
+from _helpers import randomize_bn
 from pdenets.cli import main
 from pdenets.models.qlnet import QLNet
 from pdenets.symmetry import demo_summary, fold_bn
 from pdenets.symmetry.teleport import quant_output_error, quantize_rtn, stream_facing_l1, teleport
-from test_symmetry_fold import one_thread, randomize_bn  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cli_analyze(capsys):
@@ -33,7 +35,7 @@ def test_quantize_rtn_reference():
 def test_teleport_same_function(f64):
     torch.manual_seed(0)
     m = randomize_bn(QLNet(block="eq3p", layers=(1, 1, 1), widths=(6, 12, 24), num_classes=5, stem="small",
-                           act="softball"))
+                           act="softball")).eval()
     x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
     with torch.no_grad():
         y0 = m(x)
@@ -53,6 +55,6 @@ def test_teleport_same_function(f64):
 
 def test_demo_summary():
     torch.manual_seed(0)
-    m = randomize_bn(QLNet(block="eq3p", layers=(1, 1, 1), widths=(6, 12, 24), num_classes=5, stem="small"))
+    m = randomize_bn(QLNet(block="eq3p", layers=(1, 1, 1), widths=(6, 12, 24), num_classes=5, stem="small")).eval()
     text = demo_summary(m, torch.randn(4, 3, 8, 8))
     assert "Σ dim G" in text and "power check" in text and "positive_monomial" in text

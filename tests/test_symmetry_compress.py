@@ -1,7 +1,9 @@
 """Exact width reduction of rank-deficient segments, gauge fixing, save/load, nuclear-prox (float64)."""
 
+import pytest
 import torch
 
+from _helpers import randomize_bn
 from pdenets.models.qlnet import QLNet
 from pdenets.symmetry.analyze import analyze
 from pdenets.symmetry.compress import (
@@ -14,12 +16,14 @@ from pdenets.symmetry.compress import (
     segment_writers,
 )
 from pdenets.symmetry.fold import fold_bn
-from test_symmetry_fold import one_thread, randomize_bn  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(act="softball", layers=(1, 2, 1)):
     torch.manual_seed(0)
-    return randomize_bn(QLNet(block="eq3p", layers=layers, widths=(6, 12, 24), num_classes=5, stem="small", act=act))
+    model = QLNet(block="eq3p", layers=layers, widths=(6, 12, 24), num_classes=5, stem="small", act=act)
+    return randomize_bn(model).eval()
 
 
 def _make_rank_deficient(folded, seg, r):

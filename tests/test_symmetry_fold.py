@@ -5,30 +5,12 @@ import timm
 import torch
 import torch.nn as nn
 
+from _helpers import randomize_bn
 from pdenets.models.qlnet import QLNet
 from pdenets.symmetry import fold_bn
 from pdenets.symmetry.fold import ChannelBias, FoldedDepthwise
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster than two (and immune to a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g, dtype=m.running_mean.dtype))
-            m.running_var.copy_(torch.rand(c, generator=g, dtype=m.running_var.dtype) + 0.5)
-            m.weight.data.copy_(torch.randn(c, generator=g, dtype=m.weight.dtype))
-            m.bias.data.copy_(torch.randn(c, generator=g, dtype=m.bias.dtype))
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 EQS = [("eq3", {}), ("eq3", {"weight_sharing": False}), ("eq3p", {}), ("eq4", {}), ("eq5", {}), ("eq6", {}),
@@ -40,7 +22,7 @@ EQS = [("eq3", {}), ("eq3", {"weight_sharing": False}), ("eq3p", {}), ("eq4", {}
 def test_fold_bn_ql(eq, kw, stem, share, f64):
     torch.manual_seed(0)
     model = randomize_bn(QLNet(block=eq, layers=(2, 1, 1), widths=(6, 12, 24), num_classes=5, stem=stem,
-                               act="softball", padding_mode="reflect" if eq == "eq6" else "zeros", **kw))
+                               act="softball", padding_mode="reflect" if eq == "eq6" else "zeros", **kw)).eval()
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         y = model(x)
@@ -57,7 +39,7 @@ def test_fold_bn_ql(eq, kw, stem, share, f64):
 @pytest.mark.parametrize("name", ["resnet10t", "resnet18"])
 def test_fold_bn_timm_resnet(name, f64):
     torch.manual_seed(0)
-    model = randomize_bn(timm.create_model(name, num_classes=7))
+    model = randomize_bn(timm.create_model(name, num_classes=7)).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         y, yf = model(x), fold_bn(model)(x)

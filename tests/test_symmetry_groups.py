@@ -6,11 +6,11 @@ import timm
 import torch
 
 import pdenets  # noqa: F401  (registers the models)
+from _helpers import randomize_bn
 from pdenets.models.qlnet import VARIANTS, QLNet
 from pdenets.symmetry.analyze import analyze
 from pdenets.symmetry.groups import contains, group_dim, power_element, sample
 from pdenets.symmetry.verify import verify
-from test_symmetry_fold import one_thread, randomize_bn  # noqa: F401  (autouse fixture)
 
 PM, SP, O, GL, MONO = "positive_monomial", "signed_permutation", "O", "GL", "monomial"
 
@@ -18,6 +18,9 @@ PM, SP, O, GL, MONO = "positive_monomial", "signed_permutation", "O", "GL", "mon
 # ReLU; eq3p reads the stream through 1×1 maps only (O with radial activations); blocks that read the raw
 # stream (eqs 3-7) force monomial ∩ O = signed permutations on the segments they read; Eq. (4)'s product and
 # Eq. (5)'s fixed sum also on the segments they write. In the 18-layout the last stage is read only by fc.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 EXPECTED = {
     ("18", "eq3p"): [PM, O, O, O],
     ("18", "eq3"): [PM, SP, SP, O],
@@ -83,7 +86,7 @@ CASES = [("eq3", "softball", {}), ("eq3", "none", {"weight_sharing": False}), ("
 def test_random_elements_exact_and_power_check(eq, act, kw, f64):
     torch.manual_seed(0)
     model = randomize_bn(QLNet(block=eq, layers=(2, 1, 1), widths=(6, 12, 24), num_classes=5, stem="small",
-                               act=act, **kw))
+                               act=act, **kw)).eval()
     x = torch.randn(2, 3, 8, 8)
     res = verify(model, None, x, generator=torch.Generator().manual_seed(1))
     assert res.err64 <= 1e-12 and res.err32 <= 1e-5 and res.pred_agreement == 1.0
@@ -98,7 +101,7 @@ def test_explicit_element_and_strictness(f64):
     from pdenets.symmetry.transform import GroupElement
 
     torch.manual_seed(0)
-    model = randomize_bn(QLNet(block="eq3", layers=(1, 1, 1), widths=(4, 8, 16), num_classes=3, stem="small"))
+    model = randomize_bn(QLNet(block="eq3", layers=(1, 1, 1), widths=(4, 8, 16), num_classes=3, stem="small")).eval()
     folded = fold_bn(model)
     a = analyze(folded)
     el = random_element(a, torch.Generator().manual_seed(2))

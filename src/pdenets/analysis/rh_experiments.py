@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pdenets.dynamics.integrators import PDEUnit, refine_in_time
+from pdenets.utils.plotting import save_figure
 
 DYNAMICS = ("parabolic", "hamiltonian", "second_order")
 
@@ -189,9 +190,7 @@ def plot_fractions(rows: list[dict[str, Any]], path: str, title: str = "") -> No
     ax.set_title(title or "accuracy vs amount of training data")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=130)
 
 
 def plot_confusions(rows: list[dict[str, Any]], path: str, fractions: Sequence[float] | None = None,
@@ -222,9 +221,7 @@ def plot_confusions(rows: list[dict[str, Any]], path: str, fractions: Sequence[f
                 ax.set_ylabel("true class")
             if i == len(dyns) - 1:
                 ax.set_xlabel("predicted class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=120)
 
 
 def deepen(model: nn.Module) -> nn.Module:

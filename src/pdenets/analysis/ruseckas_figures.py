@@ -21,16 +21,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pdenets.models.ruseckas import OdeConvNet, OdeNet  # noqa: E402
+from pdenets.utils.plotting import save_figure
 
 CLASS_COLORS = ("tab:blue", "tab:red")
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def plot_circles(x: torch.Tensor, y: torch.Tensor, path: str | Path) -> Path:

@@ -24,6 +24,7 @@ from pdenets.pde.classic import (
     grid_coordinates,
     rotation_resnet,
 )
+from pdenets.utils.plotting import save_figure
 
 EQUATIONS = ("heat", "wave", "rotation", "dilation")
 
@@ -191,7 +192,5 @@ def run_demo(
         ax.set_title(f"t = {t:.3g}\n{b} blocks", fontsize=8)
         ax.axis("off")
     fig.suptitle(f"{equation} equation as a ResNet (initial condition = the image)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    png = save_figure(fig, png, dpi=100)
     return DemoResult(gif, png, times, blocks)

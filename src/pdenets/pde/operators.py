@@ -44,6 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pdenets.utils.plotting import save_figure
+
 OPERATORS: tuple[str, ...] = ("1", "∂x", "∂y", "∂x²", "∂y²", "∂x∂y", "∂x²∂y", "∂x∂y²", "∂x²∂y²")
 """The nine operators, in the order of the coefficient vectors of this module (Ruthotto-Haber's β1..β9)."""
 
@@ -247,6 +249,4 @@ def plot_report(rows: list[KernelRow], path: str, title: str = "", max_rows: int
     ax_s.legend(loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=4, fontsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=110)

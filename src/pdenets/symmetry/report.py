@@ -13,6 +13,7 @@ import torch.nn as nn
 from pdenets.symmetry.analyze import analyze
 from pdenets.symmetry.compress import segment_writers, writer_matrix
 from pdenets.symmetry.fold import fold_bn, is_folded
+from pdenets.utils.plotting import save_figure
 
 __all__ = ["compression_markdown", "demo_summary", "demo_symmetry_table", "plot_pca_curve", "plot_spectra",
            "plot_weight_histograms"]
@@ -57,11 +58,7 @@ def plot_spectra(models: dict[str, nn.Module], path: str | Path, title: str = ""
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=110)
     return path
 
 
@@ -80,11 +77,7 @@ def plot_weight_histograms(before: torch.Tensor, after: torch.Tensor, path: str 
     ax.set_ylabel("count")
     ax.legend(fontsize=8)
     ax.set_title(title or "teleportation: same function, different weights", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=110)
     return path
 
 
@@ -101,10 +94,7 @@ def plot_pca_curve(rows: Sequence[dict], path: str | Path) -> Path:
     ax.set_title("LOSSY PCA fallback (not a symmetry)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=110)
     return path
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from pdenets.utils.plotting import save_figure
+
 
 def _plt():
     import matplotlib
@@ -33,9 +35,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike, title: str 
     a2.plot(ep, [r["val_top5"] for r in rows], "^--", label="validation top-5", alpha=.6)
     a2.set_xlabel("epoch"), a2.set_ylabel("accuracy (%)"), a2.legend(), a2.grid(alpha=.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=110)
     return Path(path)
 
 
@@ -64,9 +64,7 @@ def plot_confusion(cm: list[list[int]] | np.ndarray, class_names: list[str] | No
     ax.set_ylabel("true class")
     acc = np.trace(cm) / max(cm.sum(), 1)
     ax.set_title(f"{title}  (accuracy {100 * acc:.2f}%)".strip())
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=110)
     return Path(path)
 
 
