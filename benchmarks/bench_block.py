@@ -44,20 +44,15 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    p.add_argument("--cl-inside", action="store_true",
-                   help="run the fused op in channels_last inside (pdenets.layers.fused.CHANNELS_LAST_INSIDE)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    import pdenets.layers.fused as fused_mod
     from pdenets.layers.ql_blocks import create_block
-
-    fused_mod.CHANNELS_LAST_INSIDE = args.cl_inside
 
     device = torch.device(args.device)
     print(f"# {machine_line(device)}")
     print(f"# {args.eq} block, batch {args.batch}, m={args.multiplier}, ws={not args.no_ws}, channels_last "
-          f"{args.channels_last}, channels_last inside the fused op {args.cl_inside}, "
+          f"{args.channels_last} (the fused op always computes in channels_last), "
           f"amp {args.amp}, warmup {args.warmup}, trials {args.trials} (median, interleaved)")
     head = (f"{'stage':<6}{'shape':<16}{'train ref ms':>13}{'fused ms':>10}{'speed-up':>9}  {'infer ref ms':>13}"
             f"{'fused ms':>10}{'speed-up':>9}  {'act ref MB':>11}{'fused MB':>9}{'ratio':>7}")

@@ -56,19 +56,32 @@ def test_fused_equals_reference_float64(eq, train, f64):
 
 @pytest.mark.parametrize("train", [True, False])
 def test_fused_equals_reference_float32(train):
-    """Max |difference| ≤ 1e-5 in float32 at the default BN initialisation (γ = 1, β = 0) and, in eval
-    mode, the running statistics of one training batch: outputs ~5, weight gradients ~100."""
+    """Max |difference| ≤ 1e-5 in float32, forward and backward, at the default BN initialisation (γ = 1,
+    β = 0) and, in eval mode, the running statistics of one training batch.
+
+    An absolute float32 tolerance only means something for quantities of order one (the spacing of float32
+    numbers is 1.5e-5 at 128), so the output gradient is scaled to make every compared gradient O(1)
+    (outputs ≈ 5, gradients ≤ 2). At the unscaled gradient (weight gradients up to ≈ 180) the same
+    comparison is made relative to the largest magnitude: ≤ 1e-6, a few float32 roundings.
+    """
     torch.manual_seed(1)
     ref = create_block("eq3", 16, 16, 1, zero_init_last=False, fused=False)
     if not train:
         ref(torch.randn(4, 16, 12, 12))
-    fus = copy.deepcopy(ref)
-    fus.fused = True
     ref.train(train)
-    fus.train(train)
     x = torch.randn(4, 16, 12, 12)
     g = torch.randn(4, 16, 12, 12)
-    assert _max_diff(_run(ref, x, g), _run(fus, x, g)) <= 1e-5
+    for scale, tol, relative in ((0.01, 1e-5, False), (1.0, 1e-6, True)):
+        r = copy.deepcopy(ref)
+        fus = copy.deepcopy(ref)
+        fus.fused = True
+        a, b = _run(r, x, g * scale), _run(fus, x, g * scale)
+        if relative:
+            top = max(float(t.abs().max()) for t in (a[0], a[1], *a[2].values()))
+            assert _max_diff(a, b) <= tol * top
+        else:
+            assert max(float(t.abs().max()) for t in a[2].values()) < 3
+            assert _max_diff(a, b) <= tol
 
 
 @pytest.mark.parametrize("coef", [True, False])
@@ -122,7 +135,8 @@ def test_channels_last_and_autocast():
     ref_cl = copy.deepcopy(ref).to(memory_format=torch.channels_last)
     fus_cl = copy.deepcopy(fus).to(memory_format=torch.channels_last)
     xcl = x.contiguous(memory_format=torch.channels_last)
-    assert _max_diff(_run(ref_cl, xcl, g), _run(fus_cl, xcl, g)) < 1e-5
+    # gradients O(1) (output gradient scaled), where an absolute float32 tolerance is meaningful
+    assert _max_diff(_run(ref_cl, xcl, g * 0.01), _run(fus_cl, xcl, g * 0.01)) < 1e-5
     for train in (True, False):
         ref.train(train)
         fus.train(train)
@@ -140,7 +154,7 @@ def test_torch_compile():
     torch.manual_seed(3)
     ref, fus = _pair("eq3", 4, 4, 1)
     x = torch.randn(2, 4, 6, 6)
-    g = torch.randn(2, 4, 6, 6)
+    g = torch.randn(2, 4, 6, 6) * 0.01  # gradients O(1), where an absolute float32 tolerance is meaningful
     t0 = time.perf_counter()
     compiled = torch.compile(fus, backend="aot_eager")
     got = _run(compiled, x, g)
@@ -161,7 +175,7 @@ def test_fused_falls_back_after_bn_folding(f64):
 
 def test_fused_argument_errors():
     blk = create_block("eq3", 4, 4, 1)
-    assert blk.fused is None and not blk.use_fused  # default: the fused path in eval mode only
-    assert blk.eval().use_fused
+    assert blk.fused is None and blk.use_fused and blk.eval().use_fused  # default: the fused path
+    assert not create_block("eq3", 4, 4, 1, var_coef="affine").use_fused  # no fused path with var_coef
     with pytest.raises(ValueError, match="both xc and conv_c"):
         fused_derivative_bn(torch.randn(1, 4, 5, 5), blk.conv_d, blk.bn_d, None, blk.conv_c)

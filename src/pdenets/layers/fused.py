@@ -41,10 +41,6 @@ from pdenets.layers.derivative import DerivativeConv
 
 _conv_backward = torch.ops.aten.convolution_backward
 
-#: Run the op in channels_last even for contiguous (NCHW) inputs: the output z is then channels_last and
-#: so is the following 1×1 conv. On CPUs the depthwise conv is several times faster in channels_last, but
-#: some backward kernels (BatchNorm) are slower; off by default, measured by benchmarks/bench_block.py.
-CHANNELS_LAST_INSIDE = False
 
 
 def _affine(
@@ -56,14 +52,51 @@ def _affine(
     return a, b
 
 
+_CL = torch.channels_last
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, H, W, C) view: contiguous when ``t`` is channels_last."""
+    return t.permute(0, 2, 3, 1)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) channels_last → (B·H·W, C) matrix (a view)."""
+    return _nhwc(t).reshape(-1, t.shape[1])
+
+
+def _image(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B·H·W, C) matrix → (B, C, H, W) channels_last view with the batch and size of ``like``."""
+    return t.view(like.shape[0], like.shape[2], like.shape[3], -1).permute(0, 3, 1, 2)
+
+
+def to_direction_major(weight: torch.Tensor, m: int, dim: int) -> torch.Tensor:
+    """Reorder ``dim`` of ``weight`` from the blocks' channel order j·m + d to the order d·n + j.
+
+    The fused op returns its m·n channels direction-major (all channels of direction d together), so the
+    1×1 conv that reads them uses ``to_direction_major(conv.weight, m, 1)``.
+    """
+    size = weight.shape[dim]
+    shape = weight.shape[:dim] + (size // m, m) + weight.shape[dim + 1:]
+    return weight.reshape(shape).transpose(dim, dim + 1).reshape(weight.shape)
+
+
 class _FusedDerivativeBN(torch.autograd.Function):
     """z = BN(conv(x_d, W, groups)) [⊙ conv1x1(x_c, W_c)] with recomputation; see the module docstring.
 
     Inputs: x_d (already padded when the padding mode is not 'zeros'), the full depthwise weight W
-    ((m·n)×1×k×k, shared kernels already expanded), x_c and W_c (or None), BN γ, β (or None), the
-    statistics to use (mean, invstd: running ones in eval mode, None in training mode), and static
-    arguments. Outputs z and, in training mode, the batch mean and biased variance (not differentiable)
-    so the caller can update the running statistics.
+    ((m·n)×1×k×k, channel order j·m + d, shared kernels already expanded), x_c and W_c (or None), BN γ, β
+    (or None), the statistics to use (mean, invstd: running ones in eval mode, None in training mode),
+    and static arguments. Outputs z — channels_last, its m·n channels **direction-major** (d·n + j) — and,
+    in training mode, the batch mean and biased variance (not differentiable, order j·m + d) so the caller
+    can update the running statistics.
+
+    Direction split: the n → m·n conv with groups n is computed as m true depthwise n → n convs, one per
+    direction d (kernels W[d::m]), each followed by its BatchNorm channels and its product with the
+    direction-d block of C x_c. oneDNN's true depthwise kernels (multiplier 1) are about ten times faster
+    than its multiplier-m kernel, forward and backward, and every elementwise step then works on
+    n-channel tensors with unit stride. The backward pass recomputes each direction's D x_d and C x_c
+    (n channels each) and never forms an m·n-channel tensor other than the incoming gradient.
     """
 
     @staticmethod
@@ -83,72 +116,144 @@ class _FusedDerivativeBN(torch.autograd.Function):
         eps: float,
     ):
         train = mean is None
+        m = wd.shape[0] // groups
+        ctx.save_for_backward(xd, wd, xc, wc, gamma, beta)
+        xd_, xs = _channels_last(xd, xc, stride)
+        z = None
+        if xs is not None:  # C x_c for all directions in one GEMM, direction-major
+            z = _image(_flat(xs) @ to_direction_major(wc.flatten(1), m, 0).t(), xs)
+        means, invstds = [], []
+        for d in range(m):
+            w_d, g_d, b_d = wd[d::m], _every(gamma, d, m), _every(beta, d, m)
+            if train:
+                y = F.conv2d(xd_, w_d, None, stride, padding, 1, groups)
+                y, mu, istd = torch.native_batch_norm(y, g_d, b_d, None, None, True, 0.0, eps)
+                means.append(mu)
+                invstds.append(istd)
+            else:
+                # Eval-mode BN folded into the depthwise conv: a·(W * x) + b = (a·W) * x + b.
+                a, b = _affine(g_d, b_d, _every(mean, d, m), _every(invstd, d, m))
+                y = F.conv2d(xd_, w_d * a.to(wd.dtype).view(-1, 1, 1, 1), b.to(wd.dtype), stride, padding, 1, groups)
+            if m == 1:
+                z = y if z is None else z.mul_(y)
+                continue
+            if xs is not None:
+                _direction(z, m, d).mul_(_nhwc(y))
+                continue
+            if z is None:
+                z = y.new_empty((y.shape[0], y.shape[1] * m, *y.shape[2:])).contiguous(memory_format=_CL)
+            _direction(z, m, d).copy_(_nhwc(y))
         if train:
-            dx = F.conv2d(xd, wd, None, stride, padding, 1, groups)
-            # Batch statistics with PyTorch's own BN kernel (biased variance, same reduction order).
-            y, mean, invstd = torch.native_batch_norm(dx, gamma, beta, None, None, True, 0.0, eps)
-            del dx
-            var = invstd.pow(-2) - eps
-        else:
-            # Eval-mode BN folded into the depthwise conv: a·(W * x) + b = (a·W) * x + b.
-            a, b = _affine(gamma, beta, mean, invstd)
-            a, b = a.to(wd.dtype), b.to(wd.dtype)
-            y = F.conv2d(xd, wd * a.view(-1, 1, 1, 1), b, stride, padding, 1, groups)
-            var = None
-        if xc is not None:
-            y = y.mul_(F.conv2d(xc, wc, None, stride))
-        ctx.save_for_backward(xd, wd, xc, wc, gamma, beta, mean, invstd)
+            mean = torch.stack(means, 1).flatten()
+            invstd = torch.stack(invstds, 1).flatten()
+        ctx.stats = (mean, invstd)
         ctx.conf = (stride, padding, groups, eps, train)
         if train:
+            var = invstd.pow(-2) - eps
             ctx.mark_non_differentiable(mean, var)
-            return y, mean, var
-        return y, None, None
+            return z, mean, var
+        return z, None, None
 
     @staticmethod
     def backward(ctx, gz: torch.Tensor, _gmean=None, _gvar=None):  # type: ignore[override]
-        xd, wd, xc, wc, gamma, beta, mean, invstd = ctx.saved_tensors
+        xd, wd, xc, wc, gamma, beta = ctx.saved_tensors
+        mean, invstd = ctx.stats
         stride, padding, groups, eps, train = ctx.conf
         need = ctx.needs_input_grad
-        gz = gz.to(xd.dtype)
-        # Recompute the m·n-channel intermediates from the saved n-channel inputs.
-        dx = F.conv2d(xd, wd, None, stride, padding, 1, groups)
-        gxc = gwc = None
-        if xc is not None:
-            cx = F.conv2d(xc, wc, None, stride)
-            if need[2] or need[3]:
-                a, b = _affine(gamma, beta, mean, invstd)
-                # ∂z/∂(C x_c) = BN(D x_d) = a·Dx + b
-                gcx = torch.addcmul(b.to(dx.dtype).view(1, -1, 1, 1), dx, a.to(dx.dtype).view(1, -1, 1, 1)).mul_(gz)
-                gxc, gwc, _ = _conv_backward(
-                    gcx, xc, wc, None, [stride, stride], [0, 0], [1, 1], False, [0, 0], 1,
-                    [need[2], need[3], False],
+        m = wd.shape[0] // groups
+        xd_, xs = _channels_last(xd, xc, stride)
+        gz = gz.to(xd.dtype).contiguous(memory_format=_CL)
+        gxd = gxs = None
+        gwd = torch.empty_like(wd) if need[1] else None
+        gwc = torch.empty_like(wc) if need[3] else None
+        ggamma = torch.empty_like(mean) if need[4] else None
+        gbeta = torch.empty_like(mean) if need[5] else None
+        if xs is not None:
+            xs_flat = _flat(xs)
+            wc2 = wc.flatten(1)
+        for d in range(m):
+            w_d, g_d, b_d = wd[d::m], _every(gamma, d, m), _every(beta, d, m)
+            mu, istd = _every(mean, d, m), _every(invstd, d, m)
+            gz_d = _direction(gz, m, d) if m > 1 else _nhwc(gz)
+            dd = F.conv2d(xd_, w_d, None, stride, padding, 1, groups)  # D x_d of direction d, recomputed
+            if xs is not None:
+                wc_d = wc2[d::m]
+                c_d = xs_flat @ wc_d.t()  # C x_c of direction d, recomputed: (B·H·W, n)
+                if need[2] or need[3]:
+                    a, b = _affine(g_d, b_d, mu, istd)
+                    # ∂z/∂(C x_c) = BN(D x_d) = a·Dx + b
+                    gc = torch.addcmul(b.to(dd.dtype).view(1, -1, 1, 1), dd, a.to(dd.dtype).view(1, -1, 1, 1))
+                    gc = _flat(gc.contiguous(memory_format=_CL)).mul_(_flat_view(gz_d))
+                    if need[2]:
+                        gxs = gc @ wc_d if gxs is None else gxs.addmm_(gc, wc_d)
+                    if need[3]:
+                        gwc[d::m] = (gc.t() @ xs_flat).view_as(gwc[d::m])
+                    del gc
+                gy = _image(c_d.mul_(_flat_view(gz_d)), dd)
+            else:
+                gy = _image(_flat_view(gz_d).clone(), dd)
+            w = g_d if g_d is not None else torch.ones_like(mu)
+            if train:
+                gdd, gg, gb = torch.ops.aten.native_batch_norm_backward(
+                    gy, dd, w, None, None, mu, istd, True, eps, [True, need[4], need[5]]
                 )
-                del gcx
-            gy = cx.mul_(gz)
-            del cx
-        else:
-            gy = gz
-        w = gamma if gamma is not None else torch.ones_like(mean)
-        # native_batch_norm_backward: train=True uses save_mean/save_invstd (batch statistics); train=False
-        # reads the "running" statistics, for which we pass mean and var = invstd^-2 - eps.
-        if train:
-            gdx, ggamma, gbeta = torch.ops.aten.native_batch_norm_backward(
-                gy, dx, w, None, None, mean, invstd, True, eps, [True, need[4], need[5]]
+            else:
+                a = (w * istd).to(gy.dtype)
+                gdd = gy * a.view(1, -1, 1, 1)
+                red = [0, 2, 3]
+                gb = gy.sum(red, dtype=mu.dtype) if (need[4] or need[5]) else None
+                gg = ((gy * dd).sum(red, dtype=mu.dtype) - mu * gb) * istd if need[4] else None
+            del gy, dd
+            gx_d, gw_d, _ = _conv_backward(
+                gdd, xd_, w_d, None, [stride, stride], [padding, padding], [1, 1], False, [0, 0], groups,
+                [need[0], need[1], False],
             )
-        else:
-            a = (w * invstd).to(gy.dtype)
-            gdx = gy * a.view(1, -1, 1, 1)
-            red = [0, 2, 3]
-            gbeta = gy.sum(red, dtype=mean.dtype) if (need[4] or need[5]) else None
-            ggamma = ((gy * dx).sum(red, dtype=mean.dtype) - mean * gbeta) * invstd if need[4] else None
-        del gy, dx
-        gxd, gwd, _ = _conv_backward(
-            gdx, xd, wd, None, [stride, stride], [padding, padding], [1, 1], False, [0, 0], groups,
-            [need[0], need[1], False],
-        )
+            if need[0]:
+                gxd = gx_d if gxd is None else gxd.add_(gx_d)
+            if need[1]:
+                gwd[d::m] = gw_d
+            if need[4]:
+                ggamma[d::m] = gg
+            if need[5]:
+                gbeta[d::m] = gb
+        gxc = None
+        if gxs is not None:
+            gxc = _image(gxs, xs)
+            if stride > 1:
+                full = gxc.new_zeros(xc.shape).contiguous(memory_format=_CL)
+                full[:, :, ::stride, ::stride] = gxc
+                gxc = full
         ggamma = None if gamma is None or ggamma is None else ggamma.to(gamma.dtype)
         gbeta = None if beta is None or gbeta is None else gbeta.to(beta.dtype)
         return gxd, gwd, gxc, gwc, ggamma, gbeta, None, None, None, None, None, None
+
+
+def _every(t: torch.Tensor | None, d: int, m: int) -> torch.Tensor | None:
+    """Channels d, d + m, d + 2m, ... of a per-channel vector (contiguous: ATen's BN kernels need it)."""
+    return None if t is None else t[d::m].contiguous()
+
+
+def _direction(z: torch.Tensor, m: int, d: int) -> torch.Tensor:
+    """Direction d of a direction-major channels_last (B, m·n, H, W) tensor, as a (B, H, W, n) view."""
+    return _nhwc(z).unflatten(-1, (m, z.shape[1] // m))[..., d, :]
+
+
+def _flat_view(t: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, n) (possibly row-strided) → (B·H·W, n) without copying when the layout allows it."""
+    return t.flatten(0, 2)
+
+
+def _channels_last(
+    xd: torch.Tensor, xc: torch.Tensor | None, stride: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x_d in channels_last, and x_c subsampled by the stride of the 1×1 conv, in channels_last."""
+    xd_ = xd.contiguous(memory_format=_CL)
+    if xc is None:
+        return xd_, None
+    xs = xd_ if xc is xd else xc
+    if stride > 1:
+        xs = xs[:, :, ::stride, ::stride]
+    return xd_, xs.contiguous(memory_format=_CL)
 
 
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -164,19 +269,25 @@ def fused_derivative_bn(
     bn: nn.BatchNorm2d,
     xc: torch.Tensor | None = None,
     conv_c: nn.Conv2d | None = None,
+    direction_major: bool = False,
 ) -> torch.Tensor:
     """``BN(conv_d(x_d)) * conv_c(x_c)`` (or ``BN(conv_d(x_d))`` without ``conv_c``) in one fused op.
 
     Numerically the same function as the modules applied one after the other, including BatchNorm's
     training/eval behaviour and its running-statistics update; only the memory kept for the backward pass
-    and the order of a few floating-point operations differ.
+    and the order of a few floating-point operations differ. The result is channels_last.
+
+    ``direction_major=True`` returns the m·n channels in the order d·n + j (direction d of input channel
+    j) instead of the modules' j·m + d, saving a copy: the 1×1 conv that reads them must then use
+    :func:`to_direction_major` of its weight.
     """
     if (xc is None) != (conv_c is None):
         raise ValueError("pass both xc and conv_c, or neither")
     if not (isinstance(conv_d, DerivativeConv) and isinstance(bn, nn.BatchNorm2d)):
         # Already folded (pdenets.symmetry.fold.fold_bn) or otherwise replaced: the plain composition.
         y = bn(conv_d(xd))
-        return y if conv_c is None else y * conv_c(xc)
+        y = y if conv_c is None else y * conv_c(xc)
+        return _reorder(y, y.shape[1] // xd.shape[1], True) if direction_major else y
     wd = conv_d.full_weight()
     groups = conv_d.channels
     pad = conv_d.weight.shape[-1] // 2
@@ -184,13 +295,6 @@ def fused_derivative_bn(
         xd = F.pad(xd, (pad, pad, pad, pad), mode=conv_d.padding_mode)
         pad = 0
     wc = conv_c.weight if conv_c is not None else None
-    if CHANNELS_LAST_INSIDE and xd.dim() == 4:
-        same = xc is xd
-        xd = xd.contiguous(memory_format=torch.channels_last)
-        if same:
-            xc = xd
-        elif xc is not None:
-            xc = xc.contiguous(memory_format=torch.channels_last)
     if conv_c is not None and (conv_c.stride != (conv_d.stride, conv_d.stride) or conv_c.bias is not None):
         raise ValueError("conv_c must be a bias-free 1×1 conv with the stride of conv_d")
     gamma, beta = bn.weight, bn.bias
@@ -213,7 +317,18 @@ def fused_derivative_bn(
             z, _, _ = _FusedDerivativeBN.apply(
                 xd, wd, xc, wc, gamma, beta, bn.running_mean, invstd, conv_d.stride, pad, groups, bn.eps
             )
-    return z
+    return z if direction_major else _reorder(z, wd.shape[0] // groups, False)
+
+
+def _reorder(z: torch.Tensor, m: int, to_direction_major: bool) -> torch.Tensor:
+    """Channel order j·m + d → d·n + j (``to_direction_major``) or back, as a channels_last copy."""
+    if m == 1:
+        return z
+    n = z.shape[1] // m
+    a, b = (n, m) if to_direction_major else (m, n)
+    return _nhwc(z).unflatten(-1, (a, b)).transpose(-1, -2).flatten(-2).permute(0, 3, 1, 2).contiguous(
+        memory_format=_CL
+    )
 
 
 @torch.no_grad()

@@ -24,11 +24,12 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import DropPath
 
 from pdenets.layers.activations import create_act
 from pdenets.layers.derivative import DerivativeConv
-from pdenets.layers.fused import fused_derivative_bn
+from pdenets.layers.fused import fused_derivative_bn, to_direction_major
 from pdenets.layers.varcoef import CoordinateCoefficients
 
 
@@ -55,10 +56,12 @@ class QLBlock(nn.Module):
         zero_init_last: initialise the last BN's γ to zero so the block starts as the identity.
         drop_path: stochastic-depth rate.
         fused: compute the derivative conv, its BatchNorm and (Eqs. (3), (3p), (5)) the coefficient product
-            with :func:`~pdenets.layers.fused.fused_derivative_bn` (same function; a third of the activation
-            memory in training, BN folded into the depthwise conv at inference). ``True``: always;
-            ``False``: never (the modules one by one, their forward hooks fire); ``None`` (default): in eval
-            mode only, where it measured faster (in training it saves memory but recomputes, ~0.85× speed).
+            with :func:`~pdenets.layers.fused.fused_derivative_bn` (the same function, computed in
+            channels_last as m true depthwise convs; about half the activation memory in training, the BNs
+            folded into the convs at inference). ``None`` (default): whenever the block allows it (not with
+            ``var_coef``, whose coefficients sit between D and its BN); ``True``: always (an error with
+            ``var_coef``); ``False``: never (the modules one by one, their forward hooks fire). Speed and
+            memory of both paths: ``benchmarks/README.md``.
     """
 
     equation: str = ""
@@ -118,7 +121,35 @@ class QLBlock(nn.Module):
         """Whether :meth:`branch` takes the fused path now (see ``fused``)."""
         if getattr(self, "var_coef", None) is not None:
             return False  # the coordinate coefficients sit between D and its BN: reference path only
-        return (not self.training) if self.fused is None else bool(self.fused)
+        return True if self.fused is None else bool(self.fused)
+
+    def _fused_a(
+        self, xd: torch.Tensor, xc: torch.Tensor | None = None, conv_c: nn.Module | None = None
+    ) -> torch.Tensor:
+        """``conv_a(BN(D x_d) [⊙ C x_c])`` on the fused path.
+
+        The fused op hands over its m·n channels direction-major (no reordering copy), so A reads them with
+        its columns reordered the same way (:func:`~pdenets.layers.fused.to_direction_major`).
+        """
+        z = fused_derivative_bn(xd, self.conv_d, self.bn_d, xc, conv_c, direction_major=True)
+        m = z.shape[1] // xd.shape[1]
+        return F.conv2d(z, to_direction_major(self.conv_a.weight, m, 1), self.conv_a.bias)
+
+    def _fused_a_bn(
+        self, xd: torch.Tensor, xc: torch.Tensor | None = None, conv_c: nn.Module | None = None
+    ) -> torch.Tensor:
+        """``bn_a(conv_a(core))`` on the fused path; in eval mode bn_a is folded into A's weights and bias."""
+        bn = self.bn_a
+        foldable = isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and self.conv_a.bias is None
+        if self.training or not foldable:
+            return bn(self._fused_a(xd, xc, conv_c))
+        z = fused_derivative_bn(xd, self.conv_d, self.bn_d, xc, conv_c, direction_major=True)
+        m = z.shape[1] // xd.shape[1]
+        a = torch.rsqrt(bn.running_var + bn.eps)
+        a = a if bn.weight is None else bn.weight * a
+        b = -bn.running_mean * a if bn.bias is None else bn.bias - bn.running_mean * a
+        w = to_direction_major(self.conv_a.weight, m, 1) * a.view(-1, 1, 1, 1)
+        return F.conv2d(z, w.to(z.dtype), b.to(z.dtype))
 
     def init_last_bn(self) -> None:
         bn = getattr(self, "bn_a", None)
@@ -158,7 +189,7 @@ class Eq3Block(QLBlock):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_fused:
-            return self.bn_a(self.conv_a(fused_derivative_bn(x, self.conv_d, self.bn_d, x, self.conv_c)))
+            return self._fused_a_bn(x, x, self.conv_c)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x)) * self.conv_c(x)))
 
 
@@ -180,7 +211,7 @@ class Eq3PBlock(Eq3Block):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_fused:
-            return self.bn_a(self.conv_a(fused_derivative_bn(self.conv_p(x), self.conv_d, self.bn_d, x, self.conv_c)))
+            return self._fused_a_bn(self.conv_p(x), x, self.conv_c)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(self.conv_p(x))) * self.conv_c(x)))
 
 
@@ -206,7 +237,7 @@ class Eq4Block(QLBlock):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_fused:
-            return self.bn_a(self.conv_a(fused_derivative_bn(x, self.conv_d, self.bn_d)) * self.conv_c(x))
+            return self.bn_a(self._fused_a(x) * self.conv_c(x))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x))) * self.conv_c(x))
 
 
@@ -265,7 +296,7 @@ class Eq6Block(QLBlock):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_fused:
-            return self.bn_a(self.conv_a(fused_derivative_bn(x * self.conv_c(x), self.conv_d, self.bn_d)))
+            return self._fused_a_bn(x * self.conv_c(x))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x * self.conv_c(x)))))
 
 
@@ -296,7 +327,7 @@ class Eq7Block(QLBlock):
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         w = self.conv_c(x) * x.repeat(1, self.multiplier, 1, 1)
         if self.use_fused:
-            return self.bn_a(self.conv_a(fused_derivative_bn(w, self.conv_d, self.bn_d)))
+            return self._fused_a_bn(w)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(w))))
 
 
