@@ -179,3 +179,29 @@ def test_fused_argument_errors():
     assert not create_block("eq3", 4, 4, 1, var_coef="affine").use_fused  # no fused path with var_coef
     with pytest.raises(ValueError, match="both xc and conv_c"):
         fused_derivative_bn(torch.randn(1, 4, 5, 5), blk.conv_d, blk.bn_d, None, blk.conv_c)
+
+
+def test_conv_bn_folds_eval_batchnorm(f64):
+    """Eval mode: the folded conv equals the two modules (float64), padding modes and conv bias included;
+    training mode and hooked modules take the two-module path (so BN statistics update and hooks fire)."""
+    from pdenets.layers.fused import conv_bn
+
+    torch.manual_seed(4)
+    for mode, bias in (("zeros", False), ("reflect", True)):
+        conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=bias, padding_mode=mode)
+        bn = torch.nn.BatchNorm2d(5)
+        randomize_bn(torch.nn.Sequential(conv, bn), seed=5)
+        x = torch.randn(2, 3, 9, 9)
+        bn.eval()
+        assert (conv_bn(conv, bn, x) - bn(conv(x))).abs().max() < 1e-12
+        seen: list[int] = []
+        h = bn.register_forward_hook(lambda *a, s=seen: s.append(1))
+        conv_bn(conv, bn, x)
+        h.remove()
+        assert seen == [1]
+        bn.train()
+        before = bn.running_mean.clone()
+        y = conv_bn(conv, bn, x)
+        assert not torch.equal(before, bn.running_mean)
+        bn.running_mean.copy_(before)
+        assert (y - torch.nn.functional.batch_norm(conv(x), None, None, bn.weight, bn.bias, True)).abs().max() < 1e-12

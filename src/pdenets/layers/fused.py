@@ -343,3 +343,21 @@ def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Ten
     unbiased = var * (count / max(count - 1, 1))
     bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
     bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
+
+
+def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``bn(conv(x))``, with an eval-mode BatchNorm folded into the conv (one pass instead of two).
+
+    Falls back to the two modules in training mode, for BatchNorms without running statistics, and when
+    either module has hooks registered (so they still fire).
+    """
+    hooked = any((m._forward_hooks or m._forward_pre_hooks) for m in (conv, bn))
+    if bn.training or hooked or not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
+        return bn(conv(x))
+    a = torch.rsqrt(bn.running_var + bn.eps)
+    a = a if bn.weight is None else bn.weight * a
+    b = -bn.running_mean * a if bn.bias is None else bn.bias - bn.running_mean * a
+    if conv.bias is not None:
+        b = b + conv.bias * a
+    w = conv.weight * a.view(-1, *([1] * (conv.weight.dim() - 1)))
+    return conv._conv_forward(x, w, b)

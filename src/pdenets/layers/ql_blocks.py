@@ -29,7 +29,7 @@ from timm.layers import DropPath
 
 from pdenets.layers.activations import create_act
 from pdenets.layers.derivative import DerivativeConv
-from pdenets.layers.fused import fused_derivative_bn, to_direction_major
+from pdenets.layers.fused import conv_bn, fused_derivative_bn, to_direction_major
 from pdenets.layers.varcoef import CoordinateCoefficients
 
 
@@ -160,7 +160,12 @@ class QLBlock(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+        if self.downsample is None:
+            shortcut = x
+        elif self.use_fused and isinstance(self.downsample, nn.Sequential) and len(self.downsample) == 2:
+            shortcut = conv_bn(self.downsample[0], self.downsample[1], x)  # BN folded in eval mode
+        else:
+            shortcut = self.downsample(x)
         return self.act(shortcut + self.drop_path(self.branch(x)))
 
     def extra_repr(self) -> str:

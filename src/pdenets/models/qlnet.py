@@ -29,6 +29,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from pdenets.layers.activations import create_act, parse_act_spec
 from pdenets.layers.derivative import check_padding_mode
+from pdenets.layers.fused import conv_bn
 from pdenets.layers.ql_blocks import BLOCKS, create_block
 from pdenets.models.common import TimmClassifierMixin
 from pdenets.models.registry import register_image_model
@@ -165,7 +166,7 @@ class QLNet(TimmClassifierMixin, nn.Module):
             raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        return self.maxpool(self.act1(conv_bn(self.conv1, self.bn1, x)))  # bn1 folded in eval mode
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
