@@ -205,3 +205,21 @@ def test_conv_bn_folds_eval_batchnorm(f64):
         assert not torch.equal(before, bn.running_mean)
         bn.running_mean.copy_(before)
         assert (y - torch.nn.functional.batch_norm(conv(x), None, None, bn.weight, bn.bias, True)).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_whole_model_fused_channels_last_equals_module_path(train, f64):
+    """A whole QLNet on the default path (fused cores, channels_last inside, eval-mode BN folding of the
+    stem and skips) against the same weights run module by module in NCHW: logits and every gradient."""
+    from pdenets.models import create_model
+
+    torch.manual_seed(6)
+    ref = create_model("qlnet18_eq3_small", num_classes=5, zero_init_last=False, fused=False, channels_last=False)
+    randomize_bn(ref, seed=7)
+    fus = create_model("qlnet18_eq3_small", num_classes=5, zero_init_last=False, fused=None, channels_last=True)
+    fus.load_state_dict(ref.state_dict())
+    ref.train(train)
+    fus.train(train)
+    x = torch.randn(3, 3, 12, 12)
+    g = torch.randn(3, 5)
+    assert _max_diff(_run(ref, x, g), _run(fus, x, g)) < 1e-10

@@ -13,6 +13,15 @@ per-channel batch statistics, and recomputes D x_d and C x_c in the backward pas
 for exactly this "variable-coefficient convolution"). Only the output z (kept by the following 1×1 conv
 A anyway) stays alive, so the block keeps one m·n-channel tensor instead of four.
 
+How it is computed (all in channels_last, whatever the input's layout): the n → m·n depthwise conv is
+split into m true depthwise n → n convs, one per direction d (kernels ``W[d::m]``), because oneDNN's
+multiplier-1 depthwise kernels are about ten times faster than its multiplier-m kernel, forward and
+backward. Each direction's BatchNorm channels and its product with C x_c then work on n-channel tensors
+with unit stride. C x_c is one GEMM whose output is ordered direction-major (channel d·n + j); the op
+returns z in that order when asked (``direction_major=True``, used by the blocks, whose 1×1 conv A then
+reads it through :func:`to_direction_major` of its weight) and otherwise reorders it to the modules'
+order j·m + d. Measurements: ``benchmarks/README.md``.
+
 BatchNorm:
 
 * eval mode (or ``track_running_stats`` with fixed statistics) is an affine map a·v + b per channel and
@@ -26,7 +35,8 @@ Autocast: the op computes in the autocast dtype (bf16/fp16) when autocast is ena
 device, exactly where the reference path would (convolutions in low precision, BatchNorm statistics in
 the input dtype), and returns gradients in the dtypes of the inputs.
 
-Everything here is plain PyTorch and runs on any device; a dedicated GPU kernel is not needed.
+Everything here is plain PyTorch and runs on any device. :func:`conv_bn` folds an eval-mode BatchNorm into
+the conv before it (used for the stem and the stride-2 skips).
 """
 
 from __future__ import annotations
