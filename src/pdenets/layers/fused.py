@@ -364,10 +364,13 @@ def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     hooked = any((m._forward_hooks or m._forward_pre_hooks) for m in (conv, bn))
     if bn.training or hooked or not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
         return bn(conv(x))
-    a = torch.rsqrt(bn.running_var + bn.eps)
-    a = a if bn.weight is None else bn.weight * a
-    b = -bn.running_mean * a if bn.bias is None else bn.bias - bn.running_mean * a
+    a, b = eval_bn_affine(bn)
     if conv.bias is not None:
         b = b + conv.bias * a
     w = conv.weight * a.view(-1, *([1] * (conv.weight.dim() - 1)))
     return conv._conv_forward(x, w, b)
+
+
+def eval_bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as y = a·v + b per channel, from its running statistics."""
+    return _affine(bn.weight, bn.bias, bn.running_mean, torch.rsqrt(bn.running_var + bn.eps))

@@ -29,7 +29,7 @@ from timm.layers import DropPath
 
 from pdenets.layers.activations import create_act
 from pdenets.layers.derivative import DerivativeConv
-from pdenets.layers.fused import conv_bn, fused_derivative_bn, to_direction_major
+from pdenets.layers.fused import conv_bn, eval_bn_affine, fused_derivative_bn, to_direction_major
 from pdenets.layers.varcoef import CoordinateCoefficients
 
 
@@ -145,9 +145,7 @@ class QLBlock(nn.Module):
             return bn(self._fused_a(xd, xc, conv_c))
         z = fused_derivative_bn(xd, self.conv_d, self.bn_d, xc, conv_c, direction_major=True)
         m = z.shape[1] // xd.shape[1]
-        a = torch.rsqrt(bn.running_var + bn.eps)
-        a = a if bn.weight is None else bn.weight * a
-        b = -bn.running_mean * a if bn.bias is None else bn.bias - bn.running_mean * a
+        a, b = eval_bn_affine(bn)
         w = to_direction_major(self.conv_a.weight, m, 1) * a.view(-1, 1, 1, 1)
         return F.conv2d(z, w.to(z.dtype), b.to(z.dtype))
 
