@@ -194,11 +194,15 @@ def test_conv_bn_folds_eval_batchnorm(f64):
         x = torch.randn(2, 3, 9, 9)
         bn.eval()
         assert (conv_bn(conv, bn, x) - bn(conv(x))).abs().max() < 1e-12
+        w2 = torch.randn_like(conv.weight)  # a replacement weight (as the blocks pass A's reordered one)
+        want = bn(conv._conv_forward(x, w2, conv.bias))
+        assert (conv_bn(conv, bn, x, weight=w2) - want).abs().max() < 1e-12
         seen: list[int] = []
         h = bn.register_forward_hook(lambda *a, s=seen: s.append(1))
         conv_bn(conv, bn, x)
+        assert (conv_bn(conv, bn, x, weight=w2) - want).abs().max() < 1e-12  # hooked: unfolded path
         h.remove()
-        assert seen == [1]
+        assert seen == [1, 1]
         bn.train()
         before = bn.running_mean.clone()
         y = conv_bn(conv, bn, x)

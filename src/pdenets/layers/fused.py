@@ -184,7 +184,7 @@ class _FusedDerivativeBN(torch.autograd.Function):
         for d in range(m):
             w_d, g_d, b_d = wd[d::m], _every(gamma, d, m), _every(beta, d, m)
             mu, istd = _every(mean, d, m), _every(invstd, d, m)
-            gz_d = _direction(gz, m, d) if m > 1 else _nhwc(gz)
+            gz_d = (_direction(gz, m, d) if m > 1 else _nhwc(gz)).flatten(0, 2)  # (B·H·W, n), row-strided
             dd = F.conv2d(xd_, w_d, None, stride, padding, 1, groups)  # D x_d of direction d, recomputed
             if xs is not None:
                 wc_d = wc2[d::m]
@@ -193,15 +193,15 @@ class _FusedDerivativeBN(torch.autograd.Function):
                     a, b = _affine(g_d, b_d, mu, istd)
                     # ∂z/∂(C x_c) = BN(D x_d) = a·Dx + b
                     gc = torch.addcmul(b.to(dd.dtype).view(1, -1, 1, 1), dd, a.to(dd.dtype).view(1, -1, 1, 1))
-                    gc = _flat(gc.contiguous(memory_format=_CL)).mul_(_flat_view(gz_d))
+                    gc = _flat(gc.contiguous(memory_format=_CL)).mul_(gz_d)
                     if need[2]:
                         gxs = gc @ wc_d if gxs is None else gxs.addmm_(gc, wc_d)
                     if need[3]:
                         gwc[d::m] = (gc.t() @ xs_flat).view_as(gwc[d::m])
                     del gc
-                gy = _image(c_d.mul_(_flat_view(gz_d)), dd)
+                gy = _image(c_d.mul_(gz_d), dd)
             else:
-                gy = _image(_flat_view(gz_d).clone(), dd)
+                gy = _image(gz_d.clone(), dd)
             w = g_d if g_d is not None else torch.ones_like(mu)
             if train:
                 gdd, gg, gb = torch.ops.aten.native_batch_norm_backward(
@@ -246,11 +246,6 @@ def _every(t: torch.Tensor | None, d: int, m: int) -> torch.Tensor | None:
 def _direction(z: torch.Tensor, m: int, d: int) -> torch.Tensor:
     """Direction d of a direction-major channels_last (B, m·n, H, W) tensor, as a (B, H, W, n) view."""
     return _nhwc(z).unflatten(-1, (m, z.shape[1] // m))[..., d, :]
-
-
-def _flat_view(t: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, n) (possibly row-strided) → (B·H·W, n) without copying when the layout allows it."""
-    return t.flatten(0, 2)
 
 
 def _channels_last(
@@ -355,20 +350,21 @@ def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Ten
     bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
 
 
-def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """``bn(conv(x))``, with an eval-mode BatchNorm folded into the conv (one pass instead of two).
 
-    Falls back to the two modules in training mode, for BatchNorms without running statistics, and when
-    either module has hooks registered (so they still fire).
+    ``weight`` replaces ``conv.weight`` (e.g. its columns reordered by :func:`to_direction_major`). Falls
+    back to conv then BN in training mode, for BatchNorms without running statistics, and when either
+    module has hooks registered (so they still fire; conv's only when ``weight`` is None).
     """
+    w = conv.weight if weight is None else weight
     hooked = any((m._forward_hooks or m._forward_pre_hooks) for m in (conv, bn))
     if bn.training or hooked or not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
-        return bn(conv(x))
+        return bn(conv(x) if weight is None else conv._conv_forward(x, w, conv.bias))
     a, b = eval_bn_affine(bn)
     if conv.bias is not None:
         b = b + conv.bias * a
-    w = conv.weight * a.view(-1, *([1] * (conv.weight.dim() - 1)))
-    return conv._conv_forward(x, w, b)
+    return conv._conv_forward(x, w * a.view(-1, *([1] * (w.dim() - 1))), b)
 
 
 def eval_bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,12 +24,11 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import DropPath
 
 from pdenets.layers.activations import create_act
 from pdenets.layers.derivative import DerivativeConv
-from pdenets.layers.fused import conv_bn, eval_bn_affine, fused_derivative_bn, to_direction_major
+from pdenets.layers.fused import conv_bn, fused_derivative_bn, to_direction_major
 from pdenets.layers.varcoef import CoordinateCoefficients
 
 
@@ -124,30 +123,20 @@ class QLBlock(nn.Module):
         return True if self.fused is None else bool(self.fused)
 
     def _fused_a(
-        self, xd: torch.Tensor, xc: torch.Tensor | None = None, conv_c: nn.Module | None = None
+        self, xd: torch.Tensor, xc: torch.Tensor | None = None, conv_c: nn.Module | None = None,
+        bn: nn.Module | None = None,
     ) -> torch.Tensor:
-        """``conv_a(BN(D x_d) [⊙ C x_c])`` on the fused path.
+        """``conv_a(BN(D x_d) [⊙ C x_c])`` on the fused path, followed by ``bn`` when given (folded into A
+        in eval mode, :func:`~pdenets.layers.fused.conv_bn`).
 
         The fused op hands over its m·n channels direction-major (no reordering copy), so A reads them with
         its columns reordered the same way (:func:`~pdenets.layers.fused.to_direction_major`).
         """
         z = fused_derivative_bn(xd, self.conv_d, self.bn_d, xc, conv_c, direction_major=True)
-        m = z.shape[1] // xd.shape[1]
-        return F.conv2d(z, to_direction_major(self.conv_a.weight, m, 1), self.conv_a.bias)
-
-    def _fused_a_bn(
-        self, xd: torch.Tensor, xc: torch.Tensor | None = None, conv_c: nn.Module | None = None
-    ) -> torch.Tensor:
-        """``bn_a(conv_a(core))`` on the fused path; in eval mode bn_a is folded into A's weights and bias."""
-        bn = self.bn_a
-        foldable = isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and self.conv_a.bias is None
-        if self.training or not foldable:
-            return bn(self._fused_a(xd, xc, conv_c))
-        z = fused_derivative_bn(xd, self.conv_d, self.bn_d, xc, conv_c, direction_major=True)
-        m = z.shape[1] // xd.shape[1]
-        a, b = eval_bn_affine(bn)
-        w = to_direction_major(self.conv_a.weight, m, 1) * a.view(-1, 1, 1, 1)
-        return F.conv2d(z, w.to(z.dtype), b.to(z.dtype))
+        w = to_direction_major(self.conv_a.weight, z.shape[1] // xd.shape[1], 1)
+        if bn is None:
+            return self.conv_a._conv_forward(z, w, self.conv_a.bias)
+        return conv_bn(self.conv_a, bn, z, weight=w)
 
     def init_last_bn(self) -> None:
         bn = getattr(self, "bn_a", None)
@@ -192,7 +181,7 @@ class Eq3Block(QLBlock):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_fused:
-            return self._fused_a_bn(x, x, self.conv_c)
+            return self._fused_a(x, x, self.conv_c, bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x)) * self.conv_c(x)))
 
 
@@ -214,7 +203,7 @@ class Eq3PBlock(Eq3Block):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_fused:
-            return self._fused_a_bn(self.conv_p(x), x, self.conv_c)
+            return self._fused_a(self.conv_p(x), x, self.conv_c, bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(self.conv_p(x))) * self.conv_c(x)))
 
 
@@ -299,7 +288,7 @@ class Eq6Block(QLBlock):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_fused:
-            return self._fused_a_bn(x * self.conv_c(x))
+            return self._fused_a(x * self.conv_c(x), bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x * self.conv_c(x)))))
 
 
@@ -330,7 +319,7 @@ class Eq7Block(QLBlock):
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         w = self.conv_c(x) * x.repeat(1, self.multiplier, 1, 1)
         if self.use_fused:
-            return self._fused_a_bn(w)
+            return self._fused_a(w, bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(w))))
 
 
