@@ -47,14 +47,12 @@ def test_onnx_matches_pytorch(model, tmp_path):
 
 
 def test_export_cli_from_checkpoint(model, tmp_path, capsys):
-    """`pdenets export --checkpoint` on a weights file written by the trainer's checkpoint module."""
+    """`pdenets export --checkpoint` on a model artifact file."""
     pytest.importorskip("onnxruntime")
-    ckpt = pytest.importorskip("pdenets.train.checkpoint")
+    from pdenets.artifacts import save_artifact
     from pdenets.cli import main
 
-    meta = {"model": "qlnet18_eq3_small", "create_kwargs": {"num_classes": 10, "fused": True}, "kind": "image",
-            "in_chans": 3, "img_size": 32}
-    ckpt.save_weights(tmp_path / "model.safetensors", model.state_dict(), meta)
+    save_artifact(model, tmp_path / "model.safetensors", {"kind": "image", "in_chans": 3, "img_size": 32})
     out = tmp_path / "m.onnx"
     rc = main(["export", "--checkpoint", str(tmp_path / "model.safetensors"), "--format", "onnx", "--legacy-onnx",
                "--out", str(out)])

@@ -68,11 +68,13 @@ def test_topk_correct_brute_force():
 
 def test_checkpoint_swap_interrupted_falls_back_to_old(tmp_path):
     """A kill between the two renames of save_checkpoint leaves only last.old: resume must find it."""
+    from pdenets.models import create_model
     from pdenets.train.checkpoint import resolve_checkpoint, save_checkpoint
 
     ck = tmp_path / "checkpoints"
-    save_checkpoint(ck / "last", {"w": torch.ones(2)}, {"model": "m"}, {"epoch": 1})
-    save_checkpoint(ck / "best", {"w": torch.zeros(2)}, {"model": "m"})
+    model = create_model("ruseckas_circles_r3")
+    save_checkpoint(ck / "last", model, {"epoch": 1}, {"epoch": 1})
+    save_checkpoint(ck / "best", model, {"epoch": 1})
     (ck / "last").rename(ck / "last.old")  # the state right after the first rename
     assert resolve_checkpoint(tmp_path, prefer="last") == ck / "last.old"
     assert resolve_checkpoint(tmp_path, prefer="best") == ck / "best"

@@ -8,6 +8,7 @@ are not image classifiers (e.g. the Ruseckas ODE networks on 2-D points) go thro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,11 +21,35 @@ _OTHER_MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 ModelFn = Callable[..., nn.Module]
 
+# Every model built through the registry records how to build it again (name + constructor arguments), so
+# that any artifact written from it, or from a folded/compressed/teleported copy, can rebuild the tree
+# (:mod:`pdenets.artifacts`). ``copy.deepcopy`` carries the record along.
+BUILD_ATTR = "_pdenets_build"
+_TIMM_KEYS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def record_build(model: nn.Module, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Attach ``{'model': name, 'create_kwargs': kwargs}`` (timm's loader-only keys dropped) to ``model``."""
+    kw = {k: v for k, v in kwargs.items() if k not in _TIMM_KEYS}
+    model.__dict__[BUILD_ATTR] = dict(model=name, create_kwargs=kw)
+    return model
+
+
+def build_record(model: nn.Module) -> dict[str, Any] | None:
+    """The build record of ``model`` (see :func:`record_build`), or None."""
+    rec = getattr(model, BUILD_ATTR, None)
+    return dict(model=rec["model"], create_kwargs=dict(rec["create_kwargs"])) if rec else None
+
 
 def register_image_model(fn: ModelFn) -> ModelFn:
     """Register ``fn`` with timm (``timm.create_model(fn.__name__)``) and list it as a pdenets model."""
     _IMAGE_MODELS.add(fn.__name__)
-    return _timm_register_model(fn)
+
+    @functools.wraps(fn)
+    def build(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        return record_build(fn(pretrained=pretrained, **kwargs), fn.__name__, kwargs)
+
+    return _timm_register_model(build)
 
 
 def register_model(fn: ModelFn) -> ModelFn:
@@ -56,5 +81,5 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """
     if name in _OTHER_MODELS:
         kwargs.pop("pretrained", None)
-        return _OTHER_MODELS[name](**kwargs)
-    return timm.create_model(name, **kwargs)
+        return record_build(_OTHER_MODELS[name](**kwargs), name, kwargs)
+    return record_build(timm.create_model(name, **kwargs), name, kwargs)

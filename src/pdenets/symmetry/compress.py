@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pdenets.artifacts import add_edit
 from pdenets.symmetry.analyze import Analysis, analyze
 from pdenets.symmetry.fold import fold_bn, is_folded
 from pdenets.symmetry.transform import GroupElement, load_params, transformed_params
@@ -144,6 +145,7 @@ def compress_widths(model: nn.Module, rtol: float = 1e-6) -> tuple[nn.Module, li
         analysis = analyze(folded)
         rows.append(SegmentCompression(seg.index, seg.width, r, float(s[0]), dropped, before - n_params(folded),
                                        sigma_kept_min=float(s[r - 1])))
+    add_edit(folded, "compress_widths", rtol=rtol, widths={r.index: [r.width, r.rank] for r in rows})
     return folded, rows
 
 
@@ -159,6 +161,14 @@ class Trapezoid1x1(nn.Module):
         self.k, self.n, self.kind = k, n, kind
         self.values = nn.Parameter(weight.detach().flatten()[self.index].clone())
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+    def artifact_config(self) -> dict:
+        """Shapes and settings to rebuild this module from an artifact (:mod:`pdenets.artifacts`)."""
+        return dict(k=self.k, n=self.n, kind=self.kind, bias=self.bias is not None)
+
+    @classmethod
+    def from_artifact_config(cls, c: dict) -> Trapezoid1x1:
+        return cls(torch.zeros(c["k"], c["n"]), torch.zeros(c["k"]) if c["bias"] else None, c["kind"])
 
     @staticmethod
     def stored(k: int, n: int) -> int:
@@ -230,6 +240,7 @@ def gauge_fix(model: nn.Module) -> tuple[nn.Module, list[GaugeRow]]:
             removed = k * n - Trapezoid1x1.stored(k, n)
         mods = dict(folded.named_modules())
         rows.append(GaugeRow(seg.index, seg.group, name, form, removed))
+    add_edit(folded, "gauge_fix", layers={g.matrix: g.form for g in rows})
     return folded, rows
 
 

@@ -26,6 +26,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from pdenets.artifacts import add_edit
 from pdenets.layers.derivative import DerivativeConv, pad_conv2d
 from pdenets.layers.ql_blocks import Eq4Block, QLBlock
 
@@ -54,6 +55,19 @@ class FoldedDepthwise(nn.Module):
             self.register_buffer("kernel_index", kernel_index.clone(), persistent=False)
         self.groups, self.stride, self.padding_mode = groups, stride, padding_mode
 
+    def artifact_config(self) -> dict:
+        """Shapes and settings to rebuild this module from an artifact (:mod:`pdenets.artifacts`)."""
+        return dict(weight=list(self.weight.shape), channels=self.bias.shape[0], groups=self.groups,
+                    stride=self.stride, padding_mode=self.padding_mode, shared=self.shared,
+                    kernel_index=self.kernel_index.tolist() if self.shared else None)
+
+    @classmethod
+    def from_artifact_config(cls, c: dict) -> FoldedDepthwise:
+        n = c["channels"]
+        return cls(torch.zeros(c["weight"]), torch.zeros(n), c["groups"], c["stride"], c["padding_mode"],
+                   scale=torch.zeros(n) if c["shared"] else None,
+                   kernel_index=torch.tensor(c["kernel_index"]) if c["shared"] else None)
+
     def full_weight(self) -> torch.Tensor:
         if not self.shared:
             return self.weight
@@ -73,6 +87,13 @@ class ChannelBias(nn.Module):
     def __init__(self, bias: torch.Tensor) -> None:
         super().__init__()
         self.bias = nn.Parameter(bias)
+
+    def artifact_config(self) -> dict:
+        return dict(channels=self.bias.shape[0])
+
+    @classmethod
+    def from_artifact_config(cls, c: dict) -> ChannelBias:
+        return cls(torch.zeros(c["channels"]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
@@ -174,7 +195,7 @@ def fold_bn(model: nn.Module, share_kernels: bool = False) -> nn.Module:
     left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if left:
         raise ValueError(f"fold_bn: no conv to fold BatchNorm(s) {', '.join(left[:5])} into")
-    model._pdenets_folded = True
+    add_edit(model, "fold_bn", share_kernels=share_kernels)
     return model
 
 

@@ -416,7 +416,7 @@ def _train(cfg: TrainConfig, d: DistInfo, t_start: float) -> dict[str, Any]:
             nan_guard=guard.state_dict() if guard else None, progress=dict(st, epoch=epoch_done),
             sched_lrs=list(sched_lrs), rng=all_rng if all_rng is not None else rng_state(), world_size=d.world_size,
         )
-        return ckpt.save_checkpoint(run_dir / "checkpoints" / name, model.state_dict(),
+        return ckpt.save_checkpoint(run_dir / "checkpoints" / name, model,
                                     dict(meta, epoch=epoch_done, step=st["step"]), state)
 
     eval_model = (lambda: ema.module) if ema is not None else (lambda: model)
@@ -562,8 +562,7 @@ def _train(cfg: TrainConfig, d: DistInfo, t_start: float) -> dict[str, Any]:
             all_rng = local_rng
         save_last(epoch + 1)
         if is_best and d.is_main:
-            weights = eval_model().state_dict()
-            ckpt.save_checkpoint(run_dir / "checkpoints" / "best", weights,
+            ckpt.save_checkpoint(run_dir / "checkpoints" / "best", eval_model(),
                                  dict(meta, epoch=epoch + 1, step=st["step"], val_top1=last_eval["top1"]))
         barrier(d)
         epochs_run += 1
