@@ -4,17 +4,10 @@ import pytest
 import torch
 
 from _helpers import randomize_bn
-from pdenets.models.qlnet import QLNet
+from pdenets.artifacts import load_artifact, save_artifact
+from pdenets.models import create_model
 from pdenets.symmetry.analyze import analyze
-from pdenets.symmetry.compress import (
-    compress_widths,
-    gauge_fix,
-    load_compressed,
-    n_params,
-    qlnet_config,
-    save_compressed,
-    segment_writers,
-)
+from pdenets.symmetry.compress import compress_widths, gauge_fix, n_params, segment_writers
 from pdenets.symmetry.fold import fold_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _model(act="softball", layers=(1, 2, 1)):
     torch.manual_seed(0)
-    model = QLNet(block="eq3p", layers=layers, widths=(6, 12, 24), num_classes=5, stem="small", act=act)
+    model = create_model("qlnet18_eq3p_small", layers=layers, widths=(6, 12, 24), num_classes=5, act=act)
     return randomize_bn(model).eval()
 
 
@@ -64,9 +57,11 @@ def test_compress_exact_and_loadable(f64, tmp_path):
     assert (ys - y).abs().max() / y.abs().max() <= 1e-12
     # radius kept at its original value
     assert small.layer3[0].act.radius == model.layer3[0].act.radius
-    path = tmp_path / "c.pth"
-    save_compressed(small, str(path), qlnet_config(model))
-    loaded, _ = load_compressed(str(path))
+    path = tmp_path / "c.safetensors"
+    save_artifact(small, path)
+    loaded, meta = load_artifact(path)
+    assert [e["op"] for e in meta["edits"]] == ["fold_bn", "compress_widths"]
+    assert n_params(loaded) == n_params(small) and loaded.layer3[0].act.radius == model.layer3[0].act.radius
     with torch.no_grad():
         assert (loaded.double()(x) - y).abs().max() / y.abs().max() <= 1e-12
     # full-rank model: nothing to drop
@@ -87,17 +82,17 @@ def test_gauge_fix_exact(f64, tmp_path):
         with torch.no_grad():
             y, yf = folded(x), fixed(x)
         assert (yf - y).abs().max() / y.abs().max() <= 1e-12
-        path = tmp_path / f"g_{act}.pth"
-        save_compressed(fixed, str(path), qlnet_config(model))
-        loaded, _ = load_compressed(str(path))
+        path = tmp_path / f"g_{act}"
+        save_artifact(fixed, path)
+        loaded, _ = load_artifact(path)
         assert n_params(loaded) == n_params(fixed)
         with torch.no_grad():
             assert (loaded.double()(x) - y).abs().max() / y.abs().max() <= 1e-12
 
 
 def test_nuclear_prox_hook_soft_thresholds_and_reduces_rank(f64):
+    from pdenets.hooks import create_hook
     from pdenets.symmetry.compress import writer_matrix
-    from pdenets.train.hooks import create_hook
 
     model = _model()
     sv0 = torch.linalg.svdvals(writer_matrix(fold_bn(model), analyze(fold_bn(model)), 2))

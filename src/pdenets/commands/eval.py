@@ -6,23 +6,25 @@ import argparse
 import json
 from pathlib import Path
 
+from pdenets.commands.common import add_checkpoint_args, load_checkpoint
 from pdenets.errors import UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval", help="evaluate a checkpoint: top-1/top-5 and a confusion matrix",
-        description="Evaluate a checkpoint (a model.safetensors file, a checkpoint directory or a run "
-        "directory, whose best checkpoint is used) on the evaluation split of its data set, or of "
-        "--dataset. Prints top-1/top-5 and writes confusion.png and eval.json to --out (default: "
-        "next to the checkpoint, in eval-<dataset>/).",
+        description="Evaluate any model pdenets wrote (a run directory — its best checkpoint unless "
+        "--which last —, a checkpoint directory, a teleported/compressed/folded artifact or its "
+        "model.safetensors) on a split of its data set, or of --dataset. Prints top-1/top-5 and writes "
+        "confusion.png and eval.json to --out (default: next to the model, in eval-<dataset>-<split>/).",
         epilog="example: pdenets eval --checkpoint runs/demo   (uses runs/demo/checkpoints/best)",
     )
-    p.add_argument("--checkpoint", "-c", required=True, metavar="PATH", help="checkpoint file, directory or run")
-    p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run directory")
+    add_checkpoint_args(p)
     p.add_argument("--dataset", help="data set (default: the one the model was trained on)")
     p.add_argument("--data-dir", help="root of a local torchvision data set (default: as in training)")
-    p.add_argument("--split", choices=("val", "test", "train"), default="val", help="split (default val = test)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="split: test (default; scored once per run by `pdenets train`), val (the validation split "
+                   "that chose the best checkpoint) or train")
     p.add_argument("--img-size", type=int, help="image side (default: as in training)")
     p.add_argument("--batch-size", "-b", type=int, default=256)
     p.add_argument("--workers", type=int, default=0)
@@ -34,12 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def evaluate_checkpoint(checkpoint: str, which: str = "best", dataset: str | None = None,
-                        data_dir: str | None = None, split: str = "val", img_size: int | None = None,
+                        data_dir: str | None = None, split: str = "test", img_size: int | None = None,
                         batch_size: int = 256, workers: int = 0, device: str = "auto", amp: str | None = None,
                         out: str | None = None) -> dict:
     """Load, evaluate, write ``confusion.png`` + ``eval.json``; returns the metrics (percentages)."""
     from pdenets.datasets import build_dataset, dataset_info
-    from pdenets.train.checkpoint import _weights_file, load_model
     from pdenets.train.data import make_eval_loader
     from pdenets.train.distributed import pick_device
     from pdenets.train.engine import evaluate
@@ -48,8 +49,8 @@ def evaluate_checkpoint(checkpoint: str, which: str = "best", dataset: str | Non
     if batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {batch_size}")
     dev = pick_device(device)
-    model, meta = load_model(checkpoint, dev, prefer=which)
-    wfile = _weights_file(checkpoint, which)
+    model, meta = load_checkpoint(checkpoint, which, dev)
+    wfile = Path(meta["file"])
     name = dataset or meta.get("dataset")
     if not name:
         raise UsageError(f"checkpoint {str(wfile)!r} does not name its data set: pass --dataset")

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from pdenets.commands.common import add_checkpoint_args, load_checkpoint
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         help="export a model to ONNX / TorchScript / torch.export with BatchNorm folded",
-        description="Write a model file for inference. The model comes from a training checkpoint "
-        "(--checkpoint, read with pdenets.train.checkpoint.load_model) or is built untrained by name "
+        description="Write a model file for inference. The model comes from any model pdenets wrote "
+        "(--checkpoint: a run, a checkpoint, a teleported/compressed/folded artifact; read with "
+        "pdenets.load) or is built untrained by name "
         "(--model). Every BatchNorm is folded into its conv first (pdenets.export.fuse_bn). The written "
         "file is loaded back and its output compared with PyTorch's on a random batch (onnxruntime for "
         "ONNX); the maximum absolute difference is printed.",
         epilog="example: pdenets export --model qlnet50_eq3 --num-classes 100 --format onnx --out qlnet.onnx",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="CKPT",
-                     help="weights file, checkpoint directory or run directory written by `pdenets train`")
+    add_checkpoint_args(p, group=src)
     src.add_argument("--model", metavar="NAME", help="registered model name (untrained weights)")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript", "torch-export"), help="file format")
     p.add_argument("--out", required=True, metavar="FILE", help="output file (.onnx / .pt / .pt2)")
@@ -38,18 +40,10 @@ def _load(args: argparse.Namespace):
     from pdenets.errors import UsageError
 
     if args.checkpoint:
-        from pathlib import Path
-
-        if not Path(args.checkpoint).exists():
-            raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist (a weights file or checkpoint/run dir)")
-        try:
-            from pdenets.train.checkpoint import load_model
-        except ImportError as e:
-            raise UsageError(f"--checkpoint needs pdenets.train.checkpoint (not available: {e}); use --model") from e
-        model, meta = load_model(args.checkpoint)
+        model, meta = load_checkpoint(args.checkpoint, args.which)
         if meta.get("kind", "image") != "image":
             raise UsageError(f"--checkpoint {args.checkpoint!r} holds a non-image model; export handles image models")
-        return model, args.checkpoint, meta
+        return model, meta["file"], meta
     from pdenets.models import create_model, list_models
 
     if args.model not in list_models() and not _is_timm(args.model):

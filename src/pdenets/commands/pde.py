@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from pdenets.commands.common import add_checkpoint_args, load_checkpoint
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -27,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "smoothing identity [1 2 1]/4 (Sobel = 8h dx exactly).",
     )
     src = k.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="CKPT", help="run dir, checkpoint dir or .safetensors of `pdenets train`")
+    add_checkpoint_args(k, group=src)
     src.add_argument("--model", metavar="NAME", help="registered model name (its initial, untrained kernels)")
     k.add_argument("--basis", choices=("fd", "rh"), default="fd", help="identity stencil of the basis (default fd)")
     k.add_argument("--h", type=float, default=1.0, help="mesh size (default 1 = one pixel)")
@@ -62,19 +64,8 @@ def _load_model(args: argparse.Namespace):
     from pdenets.errors import UsageError
 
     if args.checkpoint:
-        from pathlib import Path
-
-        if not Path(args.checkpoint).exists():
-            raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist (run dir, checkpoint dir or file)")
-        try:
-            from pdenets.train.checkpoint import load_model
-        except ImportError:
-            raise UsageError("--checkpoint needs the trainer (pdenets.train.checkpoint), missing here") from None
-        try:
-            model, _meta = load_model(args.checkpoint)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise UsageError(f"cannot load --checkpoint {args.checkpoint!r}: {e}") from None
-        return model, args.checkpoint
+        model, meta = load_checkpoint(args.checkpoint, args.which)
+        return model, meta["file"]
     import torch
 
     from pdenets.models import create_model, list_models

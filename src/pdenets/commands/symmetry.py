@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pdenets.commands.common import CHECKPOINT_HELP, WHICH_HELP, data_meta, load_checkpoint
 from pdenets.errors import UsageError
 
 EPILOG = """examples:
@@ -16,15 +17,17 @@ EPILOG = """examples:
   pdenets symmetry analyze --model qlnet50_eq3 -m act=none
   pdenets symmetry verify --checkpoint runs/demo
   pdenets symmetry teleport --checkpoint runs/demo --objective l1 --out runs/demo/teleport-l1
-  pdenets symmetry compress --checkpoint runs/prox --out runs/prox/compressed.pth
+  pdenets symmetry compress --checkpoint runs/demo --out runs/demo/compressed
+  pdenets symmetry fold --checkpoint runs/demo --out runs/demo/folded
+every --checkpoint takes any model pdenets wrote (runs, checkpoints, teleported/compressed/folded artifacts);
+every --out writes one (model.safetensors + meta.json), readable by eval, export, pde kernels, symmetry and
+`pdenets train --init-from`.
 """
 
 
 def _common(p: argparse.ArgumentParser, need_ckpt: bool) -> None:
-    p.add_argument("--checkpoint", "-c", required=need_ckpt, metavar="PATH",
-                   help="trained model: a pdenets checkpoint (file, directory or run directory) or a file "
-                   "written by `pdenets symmetry compress/teleport`")
-    p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run directory")
+    p.add_argument("--checkpoint", "-c", required=need_ckpt, metavar="PATH", help=CHECKPOINT_HELP)
+    p.add_argument("--which", choices=("best", "last"), default="best", help=WHICH_HELP)
     p.add_argument("--n-inputs", type=int, default=0,
                    help="evaluate on the first N test images only (default: all of the test split)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random group elements")
@@ -69,8 +72,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--objective", choices=("l1", "quant4", "gradnorm"), default="l1")
     t.add_argument("--steps", type=int, default=300, help="optimiser steps (default 300)")
     t.add_argument("--lr", type=float, default=0.02, help="Adam step on the group generators (default 0.02)")
-    t.add_argument("--calib", type=int, default=128, help="calibration images for quant4/gradnorm (default 128)")
-    t.add_argument("--out", help="directory: teleported model (model.pth), histogram, report.md")
+    t.add_argument("--calib", type=int, default=128,
+                   help="calibration images for quant4/gradnorm, from the training split (default 128)")
+    t.add_argument("--out", metavar="DIR", help="artifact directory: the teleported model (model.safetensors + "
+                   "meta.json), weights_hist.png, teleport.json")
     t.set_defaults(func=run_teleport)
 
     c = ss.add_parser("compress", help="lossless width reduction + gauge fixing (and a lossy PCA curve)",
@@ -78,13 +83,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                       "rank in float64, relative tolerance --rtol), fix the gauge (first reader -> triangular or "
                       "identity), write a smaller loadable model and a table. --pca adds the LOSSY PCA curve.")
     _common(c, need_ckpt=True)
-    c.add_argument("--out", required=True, help="output file of the compressed model (.pth)")
+    c.add_argument("--out", required=True, metavar="DIR|FILE.safetensors",
+                   help="artifact directory (model.safetensors + meta.json + table and figures) or a .safetensors file")
     c.add_argument("--rtol", type=float, default=1e-6, help="σ ≤ rtol·σ_max counts as zero (default 1e-6)")
     c.add_argument("--no-gauge", action="store_true", help="skip gauge fixing")
     c.add_argument("--pca", action="store_true", help="also compute the LOSSY PCA agreement curve (figure)")
     c.add_argument("--compare", metavar="CKPT", help="another checkpoint (e.g. trained without --nuclear-prox) "
                    "whose writer spectra are drawn in the same figure")
     c.set_defaults(func=run_compress)
+
+    f = ss.add_parser("fold", help="fold every BatchNorm into its conv (same function, eval form) and save it",
+                      description="Write the BN-folded (eval-mode) form of a model as an artifact: every BatchNorm "
+                      "becomes part of the conv before it (docs/design.md §3); the function is unchanged.")
+    _common(f, need_ckpt=True)
+    f.add_argument("--out", required=True, metavar="DIR|FILE.safetensors", help="artifact directory or file")
+    f.add_argument("--share-kernels", action="store_true",
+                   help="keep weight-shared derivative kernels shared (a per-channel scale holds the BN)")
+    f.set_defaults(func=run_fold)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     return p
 
@@ -112,24 +127,24 @@ def _parse_kwargs(items: list[str]) -> dict[str, Any]:
 
 
 def load_any(path: str, which: str = "best"):
-    """(model, meta) from a pdenets checkpoint or a symmetry file; meta has 'dataset', 'img_size' if known."""
-    import torch
+    """(model, meta) of any artifact (:func:`pdenets.commands.common.load_checkpoint`)."""
+    return load_checkpoint(path, which)
 
-    p = Path(path)
-    if p.is_file() and p.suffix in (".pth", ".pt"):
-        from pdenets.symmetry.compress import load_compressed
 
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=False)
-            model, meta = load_compressed(obj)
-        except Exception as e:
-            raise UsageError(f"cannot read {path!r} as a symmetry model file ({type(e).__name__}: {e})") from None
-        return model, meta
-    from pdenets.train.checkpoint import load_model
+def _check_out(out: str) -> Path:
+    """Refuse an unusable --out before any work is done."""
+    p = Path(out)
+    if p.suffix in (".pth", ".pt", ".pkl", ".bin"):
+        raise UsageError(f"--out {out!r}: models are written as safetensors; give a directory or a .safetensors file")
+    if p.exists() and not p.is_dir() and p.suffix != ".safetensors":
+        raise UsageError(f"--out {out!r} is an existing file; give a directory or a .safetensors file")
+    return p
 
-    if not p.exists():
-        raise UsageError(f"checkpoint {path!r} does not exist")
-    return load_model(path, "cpu", prefer=which)
+
+def _save(model, out: Path, meta: dict[str, Any], source: dict[str, Any], **extra: Any) -> Path:
+    from pdenets.artifacts import save_artifact
+
+    return save_artifact(model, out, dict(data_meta(source), source=source.get("file"), **extra, **meta))
 
 
 def _random_model(name: str, kwargs: dict[str, Any]):
@@ -153,8 +168,8 @@ def _random_model(name: str, kwargs: dict[str, Any]):
     return model.eval()
 
 
-def test_data(meta: dict[str, Any], n: int = 0):
-    """(images, labels) of the test split of the data set the model was trained on."""
+def test_data(meta: dict[str, Any], n: int = 0, split: str = "test"):
+    """(images, labels) of a split (default: test) of the data set the model was trained on."""
     import torch
 
     from pdenets.datasets import build_dataset
@@ -162,7 +177,7 @@ def test_data(meta: dict[str, Any], n: int = 0):
     name = meta.get("dataset")
     if not name:
         raise UsageError("the checkpoint does not name its data set")
-    ds = build_dataset(name, "val", img_size=meta.get("img_size"), data_dir=meta.get("data_dir"),
+    ds = build_dataset(name, split, img_size=meta.get("img_size"), data_dir=meta.get("data_dir"),
                        crop_pct=meta.get("crop_pct"))
     idx = range(len(ds)) if not n else range(min(n, len(ds)))
     xs, ys = zip(*(ds[i] for i in idx))
@@ -254,12 +269,19 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration(args, meta: dict[str, Any], x):
+    """Calibration images: the first --calib of the training split (the test split only scores)."""
+    if not meta.get("dataset"):
+        return x[: args.calib]
+    return test_data(meta, args.calib, split="train")[0]
+
+
 def run_teleport(args: argparse.Namespace) -> int:
     import warnings
 
     import torch
 
-    from pdenets.symmetry.compress import qlnet_config, save_compressed
+    from pdenets.artifacts import add_edit
     from pdenets.symmetry.fold import fold_bn
     from pdenets.symmetry.report import plot_weight_histograms
     from pdenets.symmetry.teleport import quant_output_error, stream_facing_l1, teleport, weight_histograms
@@ -267,8 +289,10 @@ def run_teleport(args: argparse.Namespace) -> int:
     _threads(args)
     if args.steps < 1:
         raise UsageError(f"--steps must be a positive integer, got {args.steps}")
+    out = _check_out(args.out) if args.out else None
     model, meta, x, y = _model_and_data(args)
-    calib, calib_y = x[: args.calib], y[: args.calib] if y is not None else None
+    calib = _calibration(args, meta, x)
+    calib_y = test_data(meta, args.calib, split="train")[1] if y is not None and meta.get("dataset") else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = teleport(model, args.objective, steps=args.steps, lr=args.lr, inputs=calib, targets=calib_y,
@@ -288,78 +312,116 @@ def run_teleport(args: argparse.Namespace) -> int:
     print(f"4-bit RTN per-channel (test split): output error {qb[0]:.4f} -> {qa[0]:.4f}, "
           f"top-1 agreement {100 * qb[1]:.2f}% -> {100 * qa[1]:.2f}%")
     msg = f"float32 outputs: max rel diff {rel:.1e}, identical predictions: {bool((p0 == p1).all())}"
+    acc = None
     if y is not None:
-        a0, a1 = 100 * float((p0 == y).double().mean()), 100 * float((p1 == y).double().mean())
-        msg += f", accuracy {a0:.2f}% -> {a1:.2f}%"
+        a0, acc = 100 * float((p0 == y).double().mean()), 100 * float((p1 == y).double().mean())
+        msg += f", accuracy {a0:.2f}% -> {acc:.2f}%"
     print(msg)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        save_compressed(copy.deepcopy(res.model).float(), str(out / "model.pth"), qlnet_config(model), meta=dict(meta))
+    if out is not None:
+        report = dict(objective=args.objective, before=res.before, after=res.after, l1_before=l1b, l1_after=l1a,
+                      quant4_before=qb, quant4_after=qa, rel_diff_fp32=rel,
+                      identical_predictions=bool((p0 == p1).all()))
+        add_edit(t32, "teleport", objective=args.objective, steps=args.steps, seed=args.seed)
+        f = _save(t32, out, dict(test_top1=acc, teleport=report), meta)
+        d = f.parent
         hb, ha = weight_histograms(base, res.model)
-        plot_weight_histograms(hb, ha, out / "weights_hist.png", f"teleport {args.objective}")
-        (out / "teleport.json").write_text(json.dumps(dict(objective=args.objective, before=res.before,
-                                                           after=res.after, l1_before=l1b, l1_after=l1a,
-                                                           quant4_before=qb, quant4_after=qa, rel_diff_fp32=rel,
-                                                           identical_predictions=bool((p0 == p1).all())), indent=1))
-        print(f"wrote {out}/model.pth, weights_hist.png, teleport.json")
+        plot_weight_histograms(hb, ha, d / "weights_hist.png", f"teleport {args.objective}")
+        (d / "teleport.json").write_text(json.dumps(report, indent=1))
+        print(f"wrote {f} (the teleported model), {d}/weights_hist.png, {d}/teleport.json")
     return 0
 
 
-def run_compress(args: argparse.Namespace) -> int:
+def _compression_table(args, model, folded, small, x, y) -> tuple[str, dict[str, Any]]:
+    """Markdown table of the original / folded / compressed models, and the compression record."""
     import torch
 
-    from pdenets.symmetry.compress import compress_widths, gauge_fix, n_params, pca_curve, qlnet_config, save_compressed
-    from pdenets.symmetry.fold import fold_bn
-    from pdenets.symmetry.report import compression_markdown, plot_pca_curve, plot_spectra
+    from pdenets.symmetry.compress import n_params
+    from pdenets.symmetry.report import compression_markdown
 
-    _threads(args)
-    model, meta, x, y = _model_and_data(args)
-    model = model.float().eval()
-    p_orig = n_params(model)
-    folded = fold_bn(copy.deepcopy(model).double(), share_kernels=True)
-    small, rows = compress_widths(folded, rtol=args.rtol)
+    small32 = copy.deepcopy(small).float()
+    with torch.no_grad():
+        y0, y1 = model(x), small32(x)
+    diff = float((y1 - y0).abs().max() / y0.abs().max())
+    acc0, acc1 = (_accuracy(model, x, y), _accuracy(small32, x, y)) if y is not None else (None, None)
+    gauge = any(e["op"] == "gauge_fix" for e in getattr(small, "_pdenets_edits", []))
+    table = [dict(name="original", params=n_params(model), diff=None, accuracy=acc0),
+             dict(name="folded (BN into convs)", params=n_params(folded), diff=None, accuracy=None),
+             dict(name="compressed" + (" + gauge" if gauge else ""), params=n_params(small), diff=diff,
+                  accuracy=acc1)]
+    record = dict(params=n_params(small), params_original=n_params(model), max_rel_diff=diff,
+                  identical_predictions=bool((y0.argmax(1) == y1.argmax(1)).all()), test_top1_original=acc0,
+                  test_top1=acc1, rtol=args.rtol)
+    return compression_markdown(table), record
+
+
+def _print_compression_rows(rows, gauge_rows) -> None:
     print("width reduction (writer-matrix rank in float64):")
     print(f"{'seg':<4}{'width':>6}{'rank':>6}{'σ_max':>11}{'σ kept min':>12}{'σ dropped max':>14}"
           f"{'params removed':>16}  note")
     for r in rows:
         print(f"{r.index:<4}{r.width:>6}{r.rank:>6}{r.sigma_max:>11.3g}{r.sigma_kept_min:>12.3g}"
               f"{r.sigma_dropped:>14.2e}{r.params_removed:>16,}  {r.note}")
+    if gauge_rows:
+        print("gauge fixing:")
+    for g in gauge_rows:
+        print(f"  seg {g.index} ({g.group}): {g.matrix} -> {g.form}, {g.params_removed:,} parameters removed")
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    from pdenets.symmetry.compress import compress_widths, gauge_fix, pca_curve
+    from pdenets.symmetry.fold import fold_bn
+    from pdenets.symmetry.report import plot_pca_curve, plot_spectra
+
+    _threads(args)
+    if not 0 <= args.rtol < 1:
+        raise UsageError(f"--rtol must be in [0, 1), got {args.rtol}")
+    out = _check_out(args.out)
+    model, meta, x, y = _model_and_data(args)
+    model = model.float().eval()
+    folded = fold_bn(copy.deepcopy(model).double(), share_kernels=True)
+    small, rows = compress_widths(folded, rtol=args.rtol)
     gauge_rows = []
     if not args.no_gauge:
         small, gauge_rows = gauge_fix(small)
-        print("gauge fixing:")
-        for g in gauge_rows:
-            print(f"  seg {g.index} ({g.group}): {g.matrix} -> {g.form}, {g.params_removed:,} parameters removed")
-    small32 = small.float()
-    with torch.no_grad():
-        y0 = model(x)
-        y1 = small32(x)
-    diff = float((y1 - y0).abs().max() / y0.abs().max())
-    acc0, acc1 = (_accuracy(model, x, y), _accuracy(small32, x, y)) if y is not None else (None, None)
-    table = [dict(name="original", params=p_orig, diff=None, accuracy=acc0),
-             dict(name="folded (BN into convs)", params=n_params(folded), diff=None, accuracy=None),
-             dict(name="compressed" + (" + gauge" if gauge_rows else ""), params=n_params(small), diff=diff,
-                  accuracy=acc1)]
-    md = compression_markdown(table)
+    _print_compression_rows(rows, gauge_rows)
+    md, record = _compression_table(args, model, folded, small, x, y)
     print(md)
-    print(f"identical test predictions: {bool((y0.argmax(1) == y1.argmax(1)).all())}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_compressed(small32, str(out), qlnet_config(model), meta=dict(meta, compressed_from=args.checkpoint))
-    fig_dir = out.parent
+    print(f"identical test predictions: {record['identical_predictions']}")
+    f = _save(small.float(), out, dict(test_top1=record["test_top1"], compression=record), meta)
+    fig_dir, stem = (f.parent, "compressed") if f.name == "model.safetensors" else (f.parent, f.stem)
     curves = {"this model": folded}
     if args.compare:
         other, _ = load_any(args.compare, args.which)
-        curves = {"this model": folded, f"compare: {args.compare}": fold_bn(other.double())}
-    plot_spectra(curves, fig_dir / f"{out.stem}_spectra.png", "singular values of each segment's writer matrix")
-    (fig_dir / f"{out.stem}_table.md").write_text(md + "\n")
-    print(f"wrote {out} ({n_params(small):,} parameters), {out.stem}_spectra.png, {out.stem}_table.md")
+        curves[f"compare: {args.compare}"] = fold_bn(other.double())
+    plot_spectra(curves, fig_dir / f"{stem}_spectra.png", "singular values of each segment's writer matrix")
+    (fig_dir / f"{stem}_table.md").write_text(md + "\n")
+    print(f"wrote {f} ({record['params']:,} parameters), {stem}_spectra.png, {stem}_table.md in {fig_dir}")
     if args.pca:
         curve = pca_curve(copy.deepcopy(model).double(), x[:256].double(), x.double(), y)
-        plot_pca_curve(curve, fig_dir / f"{out.stem}_pca_lossy.png")
+        plot_pca_curve(curve, fig_dir / f"{stem}_pca_lossy.png")
         print("LOSSY PCA fallback (not a symmetry): keep  params  agreement  accuracy")
         for r in curve:
             print(f"  {r['keep']:.3f}  {r['params']:,}  {100 * r['agreement']:.2f}%  "
                   f"{100 * r.get('accuracy', float('nan')):.2f}%")
+    return 0
+
+
+def run_fold(args: argparse.Namespace) -> int:
+    import torch
+
+    from pdenets.symmetry.fold import fold_bn
+
+    _threads(args)
+    out = _check_out(args.out)
+    model, meta, x, y = _model_and_data(args)
+    folded = fold_bn(model.float().eval(), share_kernels=args.share_kernels)
+    with torch.no_grad():
+        y0, y1 = model(x), folded(x)
+    rel = float((y1 - y0).abs().max() / y0.abs().max())
+    acc = _accuracy(folded, x, y) if y is not None else None
+    same = bool((y0.argmax(1) == y1.argmax(1)).all())
+    print(f"folded every BatchNorm: max rel output diff {rel:.1e}, identical predictions {same}"
+          + (f", test top-1 {acc:.2f}%" if acc is not None else ""))
+    f = _save(folded, out, dict(test_top1=acc), meta)
+    print(f"wrote {f}")
     return 0

@@ -92,6 +92,11 @@ class DerivativeConv(nn.Module):
         fan_out = self.multiplier * self.weight.shape[-1] ** 2
         nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / fan_out))
 
+    def derivative_stencils(self) -> torch.Tensor:
+        """The stored stencils (m×1×k×k with weight sharing, else one per output channel): what
+        :func:`pdenets.pde.operators.kernel_report` expresses in the operator basis."""
+        return self.weight
+
     def full_weight(self) -> torch.Tensor:
         """The (m·n)×1×k×k depthwise kernel actually applied (shared kernels expanded)."""
         if not self.weight_sharing:

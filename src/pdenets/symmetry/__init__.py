@@ -9,7 +9,7 @@
 """
 
 from pdenets.symmetry.analyze import Analysis, Segment, analyze
-from pdenets.symmetry.compress import compress_widths, gauge_fix, load_compressed, save_compressed
+from pdenets.symmetry.compress import compress_widths, gauge_fix
 from pdenets.symmetry.fold import fold_bn
 from pdenets.symmetry.report import demo_summary
 from pdenets.symmetry.teleport import teleport
@@ -17,4 +17,4 @@ from pdenets.symmetry.transform import GroupElement, random_element, transform
 from pdenets.symmetry.verify import verify
 
 __all__ = ["Analysis", "GroupElement", "Segment", "analyze", "compress_widths", "demo_summary", "fold_bn",
-           "gauge_fix", "load_compressed", "random_element", "save_compressed", "teleport", "transform", "verify"]
+           "gauge_fix", "random_element", "teleport", "transform", "verify"]

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,8 +32,8 @@ from pdenets.symmetry.analyze import Analysis, analyze
 from pdenets.symmetry.fold import fold_bn, is_folded
 from pdenets.symmetry.transform import GroupElement, load_params, transformed_params
 
-__all__ = ["Trapezoid1x1", "compress_widths", "gauge_fix", "load_compressed", "pca_compress", "pca_curve",
-           "qlnet_config", "save_compressed", "segment_writers", "writer_matrix"]
+__all__ = ["Trapezoid1x1", "compress_widths", "gauge_fix", "pca_compress", "pca_curve", "segment_writers",
+           "writer_matrix"]
 
 
 def n_params(model: nn.Module) -> int:
@@ -242,74 +240,6 @@ def gauge_fix(model: nn.Module) -> tuple[nn.Module, list[GaugeRow]]:
         rows.append(GaugeRow(seg.index, seg.group, name, form, removed))
     add_edit(folded, "gauge_fix", layers={g.matrix: g.form for g in rows})
     return folded, rows
-
-
-# ---- saving and loading a compressed model ----------------------------------------------------------------
-
-QLNET_KEYS = ("block", "layers", "widths", "num_classes", "in_chans", "multiplier", "weight_sharing", "act",
-              "act_placement", "padding_mode", "stem")
-
-
-def qlnet_config(model: nn.Module) -> dict[str, Any]:
-    """Constructor arguments of a :class:`~pdenets.models.qlnet.QLNet` (original widths, so R is kept)."""
-    blk = model.stages[0][0]
-    cfg = dict(block=model.block_name, layers=list(model.layers), widths=list(model.widths),
-               num_classes=model.num_classes, in_chans=model.in_chans, multiplier=blk.multiplier,
-               weight_sharing=blk.weight_sharing, act=model.act_name, act_placement=model.act_placement,
-               padding_mode=blk.padding_mode, stem="small" if isinstance(model.maxpool, nn.Identity) else "imagenet")
-    cfg["_radii"] = {n: m.radius for n, m in model.named_modules() if hasattr(m, "radius")}
-    return cfg
-
-
-def _structure(model: nn.Module) -> dict[str, list]:
-    st: dict[str, list] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, Trapezoid1x1):
-            st[name] = ["trapezoid", m.k, m.n, m.kind, m.bias is not None]
-        elif isinstance(m, nn.Identity) and name.endswith("conv_p"):
-            st[name] = ["identity"]
-    return st
-
-
-def save_compressed(model: nn.Module, path: str, config: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
-    """Save a folded/compressed QLNet: constructor arguments, module replacements and the state dict."""
-    torch.save({"format": "pdenets-symmetry-compressed/1", "config": config, "structure": _structure(model),
-                "state_dict": model.state_dict(), "meta": meta or {}}, path)
-
-
-def load_compressed(path_or_obj: str | dict) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by :func:`save_compressed`; returns (model in eval mode, meta)."""
-    from pdenets.models.qlnet import QLNet
-
-    obj = torch.load(path_or_obj, map_location="cpu", weights_only=False) if isinstance(path_or_obj, str) \
-        else path_or_obj
-    if obj.get("format") != "pdenets-symmetry-compressed/1":
-        raise ValueError("not a compressed pdenets checkpoint (written by `pdenets symmetry compress`)")
-    cfg = {k: v for k, v in obj["config"].items() if not k.startswith("_")}
-    model = fold_bn(QLNet(**cfg), share_kernels=True)
-    mods = dict(model.named_modules())
-    for name, spec in obj["structure"].items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = mods[parent_name] if parent_name else model
-        if spec[0] == "identity":
-            setattr(parent, attr, nn.Identity())
-        else:
-            _, k, n, kind, has_bias = spec
-            setattr(parent, attr, Trapezoid1x1(torch.zeros(k, n), torch.zeros(k) if has_bias else None, kind))
-    mods = dict(model.named_modules())
-    sd = obj["state_dict"]
-    with torch.no_grad():
-        for key, v in sd.items():
-            mod_name, _, attr = key.rpartition(".")
-            mod = mods[mod_name] if mod_name else model
-            cur = getattr(mod, attr, None)
-            if isinstance(cur, nn.Parameter) and cur.shape != v.shape:
-                setattr(mod, attr, nn.Parameter(torch.empty_like(v)))
-    for name, r in obj["config"].get("_radii", {}).items():
-        if name in mods:
-            mods[name].radius = r
-    model.load_state_dict(sd)
-    return model.eval(), obj.get("meta", {})
 
 
 # ---- lossy: PCA of the stream ------------------------------------------------------------------------------
