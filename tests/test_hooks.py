@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pdenets.datasets.circles import make_circles
-from pdenets.train.hooks import TrainHook, create_hook, register_hook
+from pdenets.hooks import TrainHook, create_hook, register_hook
 
 
 def test_register_and_create_hook():

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn as nn
 
+from pdenets.hooks import create_hook, list_hooks
 from pdenets.layers.derivative import PADDING_MODES, DerivativeConv
 from pdenets.layers.ql_blocks import create_block
 from pdenets.layers.varcoef import CoordinateCoefficients
 from pdenets.models import create_model
-from pdenets.pde.cross_layer import consecutive_weight_pairs
-from pdenets.train.hooks import create_hook, list_hooks
+from pdenets.regularizers import consecutive_weight_pairs
 
 
 def test_coordinate_coefficients_values(f64):

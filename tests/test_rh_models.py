@@ -8,7 +8,7 @@ import torch
 
 import pdenets  # noqa: F401  (registers the models)
 from pdenets.cli import main
-from pdenets.train.hooks import create_hook, list_hooks
+from pdenets.hooks import create_hook, list_hooks
 
 WIDTHS = (16, 64, 128, 256)
 

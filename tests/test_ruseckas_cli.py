@@ -13,9 +13,10 @@ def test_circles_cli_smoke(tmp_path, capsys):
     rc = main(["ruseckas", "circles", "--model", "r3", "--epochs", "3", "--out", str(tmp_path)])
     assert rc == 0
     m = json.loads((tmp_path / "metrics.json").read_text())["ruseckas_circles_r3"]
-    assert m["params"] == 240 and 0 <= m["train_acc"] <= 1
+    assert m["params"] == 240 and 0 <= m["test_acc"] <= 1 and 0 <= m["val_acc"] <= 1  # the test split, 100 points
+    assert m["steps"] == 3 and (tmp_path / "runs" / "ruseckas_circles_r3" / "summary.json").is_file()
     for f in ("circles_data", "ruseckas_circles_r3_transformed", "ruseckas_circles_r3_trajectories",
-              "ruseckas_circles_r3_parameters"):
+              "ruseckas_circles_r3_parameters", "ruseckas_circles_r3_history"):
         assert (tmp_path / f"{f}.png").stat().st_size > 1000
 
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import pdenets
+from pdenets.hooks import create_hook, list_hooks
 from pdenets.models.ruseckas import OdeConvNet, OdeNet
-from pdenets.train.hooks import create_hook, list_hooks
-from pdenets.train.layer_smooth import layer_smoothness, model_layer_smoothness
+from pdenets.regularizers import layer_smoothness, model_layer_smoothness
 from pdenets.utils.stats import count_params
 
 

@@ -39,7 +39,7 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, needles):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from pdenets.train.engine import train
+    from pdenets.train.trainer import train
 
     out = tmp_path_factory.mktemp("run")
     with one_thread():
@@ -54,7 +54,8 @@ def test_corrupt_checkpoint_clear_error_and_untouched(capsys, tmp_path, trained_
     data = src.read_bytes()
     bad.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}[damage])
     before = bad.read_bytes()
-    _one_line_error(capsys, ["eval", "--checkpoint", str(bad), "--device", "cpu"], str(bad), "corrupt or truncated")
+    # the message is pdenets.artifacts.read_artifact's: "cannot read FILE: not a pdenets model file ... or corrupt"
+    _one_line_error(capsys, ["eval", "--checkpoint", str(bad), "--device", "cpu"], str(bad), "cannot read", "corrupt")
     assert bad.read_bytes() == before
 
 
@@ -71,7 +72,8 @@ def test_corrupt_training_state_on_resume(capsys, tmp_path, trained_run):
 
 def test_eval_prints_and_writes_confusion(capsys, trained_run, tmp_path):
     with one_thread():
-        assert main(["eval", "--checkpoint", str(trained_run), "--device", "cpu", "--out", str(tmp_path / "e")]) == 0
+        assert main(["eval", "--checkpoint", str(trained_run), "--device", "cpu", "--split", "test",
+                     "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
     rec = json.loads((tmp_path / "e" / "eval.json").read_text())
     assert (tmp_path / "e" / "confusion.png").stat().st_size > 1000

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from _train_util import TINY, one_thread
-from pdenets.train import hooks as hooks_mod
+from pdenets import hooks as hooks_mod
 from pdenets.train.checkpoint import load_model, load_training_state
-from pdenets.train.engine import train
+from pdenets.train.trainer import train
 
 
 class CountingHook(hooks_mod.TrainHook):

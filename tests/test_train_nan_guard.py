@@ -58,7 +58,7 @@ def test_injected_nan_is_survived(tmp_path):
     """Inject NaN into layer2's output at step attempt 5 (epoch 2, batch 1): the run logs the step, the
     batch's sample indices and the module, restores the snapshot, halves the lr and completes."""
     cfg = dict(TINY, epochs=2, nan_snapshot_every=2, inject_nan_steps=[5], inject_nan_module="layer2")
-    from pdenets.train.engine import train
+    from pdenets.train.trainer import train
 
     with one_thread():
         ref = train(dict(TINY, epochs=2, out=str(tmp_path / "ref")))
@@ -69,7 +69,7 @@ def test_injected_nan_is_survived(tmp_path):
     assert ev["module"] == "layer2" and ev["reason"] == "non-finite output"
     assert ev["epoch"] == 2 and ev["batch"] == 1 and ev["step"] == 5
     assert ev["restored"] == "in-memory snapshot of step 4" and ev["lr_scale"] == 0.5
-    assert ev["sample_indices"] == _expected_batch(0, 1, 1, 16, 1347)
+    assert ev["sample_indices"] == _expected_batch(0, 1, 1, 16, 1144)  # 1144 training images (203 are val)
     rows = [json.loads(line) for line in (tmp_path / "nan/metrics.jsonl").read_text().splitlines()]
     lr_nan = [r["lr"] for r in rows if r["event"] == "epoch"][-1]
     lr_ref = [json.loads(line)["lr"] for line in (tmp_path / "ref/metrics.jsonl").read_text().splitlines()][-1]
@@ -86,7 +86,7 @@ def _cosine_lr(t: int, total: int, lr: float, lr_min: float = 0.0) -> float:
 
 
 def test_every_step_failing_stops_cleanly(tmp_path):
-    from pdenets.train.engine import train
+    from pdenets.train.trainer import train
 
     with one_thread():
         s = train(dict(TINY, epochs=2, inject_nan_steps=[-1], nan_max_failures=3, out=str(tmp_path / "r")))

@@ -11,7 +11,7 @@ import torch
 
 from _train_util import TINY, TINY_CLI, env, max_abs_diff, one_thread, run_cli, weights
 from pdenets.train.checkpoint import load_model, load_training_state
-from pdenets.train.engine import train
+from pdenets.train.trainer import train
 
 
 def test_resume_is_exact(tmp_path):
@@ -60,31 +60,34 @@ def _wait_for_epoch(run, epoch, proc, timeout=90):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_kill_mid_epoch_then_resume_auto(tmp_path, sig):
     """Kill a CLI run right after its first checkpoint (i.e. during epoch 2 or while saving), check the
-    checkpoint on disk loads, then `--resume auto` finishes the run from the last complete epoch."""
+    checkpoint on disk loads, then `--resume auto` finishes the run from the last complete epoch.
+
+    The run has 4 epochs, so after the first checkpoint at least three epochs, the test pass and the report
+    remain: the signal (sent as soon as the checkpoint appears) always lands while the run is still going
+    (with 2 epochs and a fixed sleep, a fast machine could finish first)."""
     run = tmp_path / "run"
-    args = ["train", *TINY_CLI, "--epochs", "2", "--max-steps-per-epoch", "12", "--out", str(run)]
+    args = ["train", *TINY_CLI, "--epochs", "4", "--max-steps-per-epoch", "12", "--out", str(run)]
     proc = subprocess.Popen([sys.executable, "-m", "pdenets", *args], env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_epoch(run, 1, proc)
-        time.sleep(0.3)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, (proc.returncode, err)
     else:
         assert proc.returncode == -signal.SIGKILL
     model, meta = load_model(run, prefer="last")  # always loadable after the kill
     done = meta["epoch"]
-    assert done in (1, 2)  # 2 only if the kill came after the end of epoch 2
+    assert 1 <= done < 4  # killed mid-run
     assert torch.isfinite(model(torch.zeros(2, 1, 8, 8))).all()
     r = run_cli(*args, "--resume", "auto")
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["epochs"] == 2 and summary["status"] == "completed"
+    assert summary["epochs"] == 4 and summary["status"] == "completed"
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in events if e["event"] == "resume"] == [done]
     assert not list((run / "checkpoints").glob("*.tmp-*"))

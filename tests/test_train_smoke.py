@@ -8,7 +8,8 @@ from _train_util import one_thread
 from pdenets.train.checkpoint import load_model
 from pdenets.train.config import resolve_config
 from pdenets.train.data import build_loaders
-from pdenets.train.engine import evaluate, train
+from pdenets.train.evaluate import evaluate
+from pdenets.train.trainer import train
 
 TINY = dict(model_kwargs={"widths": [8, 8, 8, 8]}, img_size=8, batch_size=32, max_steps_per_epoch=3,
             progress=False, deterministic=True)
@@ -27,11 +28,12 @@ def test_train_tiny_writes_run_and_reloads(tmp_path):
               "checkpoints/last/model.safetensors", "checkpoints/last/state.pt", "checkpoints/best/model.safetensors"):
         assert (run / f).is_file(), f
     assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
-    # the reloaded last checkpoint gives the same test metrics as the run's final evaluation
-    model, meta = load_model(run / "checkpoints" / "last")
+    # the reloaded best checkpoint gives the same test metrics as the run's final (one) test evaluation
+    model, meta = load_model(run / "checkpoints" / "best")
     assert meta["create_kwargs"] == {"num_classes": 10, "in_chans": 1, "widths": [8, 8, 8, 8]}
+    assert meta["epoch"] == on_disk["best_epoch"] and meta["val_top1"] == on_disk["val_top1"]
     with one_thread():
-        ev = evaluate(model, build_loaders(cfg).eval, "cpu", confusion=True)
+        ev = evaluate(model, build_loaders(cfg).test, "cpu", confusion=True)
     assert abs(ev["top1"] - summary["test_top1"]) < 1e-9
     assert ev["n"] == 450 and sum(map(sum, ev["confusion"])) == 450
     # top-1 from the confusion matrix (an independent count) equals the reported top-1

@@ -1,7 +1,8 @@
 """The ``pdenets`` command line: one entry point, one subcommand per job.
 
 Each subcommand lives in a module of :mod:`pdenets.commands` that defines ``add_parser(subparsers)``;
-the work itself is done by the library modules those commands call.
+the work itself is done by the library modules those commands call. The providers of the training hooks
+are imported here, so every ``--hook NAME[:VALUE]`` is known to every subcommand (docs/design.md §7).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from pdenets.errors import UsageError
+from pdenets.symmetry import prox as _prox  # noqa: F401  (registers the nuclear-prox training hook)
+from pdenets.train import regularizer_hooks as _regularizer_hooks  # noqa: F401  (rh-tv, box, layer-smooth, ...)
 
 # Modules of pdenets.commands, each adding one subcommand (in this order in --help).
 COMMAND_MODULES: tuple[str, ...] = (

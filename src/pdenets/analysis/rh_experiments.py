@@ -1,43 +1,79 @@
 """The Ruthotto-Haber experiments: accuracy vs fraction of training data (Fig. 2), confusion matrices
 (Fig. 3), multiscale training and shallow-to-deep refinement (§"Computational benefits").
 
-Training here is a deliberately small loop (SGD/AdamW, cosine schedule, the ``rh-tv`` / ``box`` hooks of
-:mod:`pdenets.dynamics.regularizers`) over in-memory tensors, because the experiments need
-class-balanced subsets of the training split and re-training at several resolutions, which the
-general engine (:func:`pdenets.train.engine.train`) does not express; full training runs use the
-engine (``pdenets train --recipe ruthotto2018-stl10 --model rh_hamiltonian_stl10 --data-dir ...``).
+Every training run goes through the one trainer (:class:`pdenets.train.trainer.Trainer`): this module only
+builds the data (:class:`~pdenets.train.data.DataSplits` of in-memory tensors: class-balanced subsets of
+the training split, images at a coarser resolution) and the configuration (:data:`RH_TRAINING`: AdamW +
+per-step cosine decay, weight decay 5e-4, the ``rh-tv:3e-4`` smoothness-in-time penalty of Eq. (11) and the
+``box:1.0`` projection |θ| ≤ 1). A run of ``steps`` optimizer steps is ``epochs × max_steps_per_epoch`` of
+the trainer (:func:`steps_layout`).
 
 Data: ``digits`` (scikit-learn's 8×8 digits at 16 px, the fixed stratified 25 % test split) by default;
-``stl10`` from a local torchvision copy (``data_dir``; no download).
+``stl10`` from a local torchvision copy (``data_dir``; no download). The splits are those of
+``pdenets train``: the validation split is the fixed stratified 15 % of the training part (digits: 1144
+train / 203 val / 450 test images); the test split is evaluated by the trainer once, at the end of a run.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
+from pdenets.datasets import DatasetInfo
 from pdenets.dynamics.integrators import PDEUnit, refine_in_time
-from pdenets.utils.plotting import save_figure
+from pdenets.utils.plotting import save_figure, subplots
+
+if TYPE_CHECKING:
+    from pdenets.train.config import TrainConfig
+    from pdenets.train.data import DataSplits
 
 DYNAMICS = ("parabolic", "hamiltonian", "second_order")
 
 
 @dataclass
 class Data:
+    """Training, validation and test tensors of one data set, and its :class:`DatasetInfo`."""
+
     x_train: torch.Tensor
     y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    num_classes: int
-    in_chans: int
-    class_names: list[str] = field(default_factory=list)
+    info: DatasetInfo
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return self.info.in_chans
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.info.class_names)
+
+    def splits(self, train_idx: torch.Tensor | None = None, size: int | None = None) -> DataSplits:
+        """The trainer's :class:`DataSplits`: the training examples ``train_idx`` (default all) and the whole
+        validation and test splits, area-downsampled to ``size`` px if given (:func:`downsample`)."""
+        from pdenets.train.data import DataSplits
+
+        xtr, ytr = (self.x_train, self.y_train) if train_idx is None else (self.x_train[train_idx],
+                                                                          self.y_train[train_idx])
+        xs = [xtr, self.x_val, self.x_test]
+        if size is not None:
+            xs = [downsample(x, size) for x in xs]
+        return DataSplits(TensorDataset(xs[0], ytr), TensorDataset(xs[1], self.y_val),
+                          TensorDataset(xs[2], self.y_test), self.info)
 
 
 def _to_tensors(ds, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +90,9 @@ def _to_tensors(ds, limit: int | None = None) -> tuple[torch.Tensor, torch.Tenso
 
 
 def load_data(dataset: str = "digits", data_dir: str | None = None, img_size: int | None = None) -> Data:
-    """Training and test splits of ``dataset`` ('digits' or 'stl10') as tensors."""
+    """The fixed 'train', 'val' and 'test' splits of ``dataset`` ('digits' or 'stl10') as tensors: the same
+    splits as ``pdenets train --dataset ...`` (:func:`pdenets.datasets.build_dataset`; the validation split is
+    the fixed stratified 15 % of the training part, :mod:`pdenets.datasets.splits`)."""
     from pdenets.datasets import build_dataset, dataset_info
     from pdenets.errors import UsageError
 
@@ -63,15 +101,24 @@ def load_data(dataset: str = "digits", data_dir: str | None = None, img_size: in
     if dataset == "stl10" and not data_dir:
         raise UsageError("--dataset stl10 needs --data-dir DIR holding torchvision's stl10_binary/ (no download)")
     info = dataset_info(dataset, data_dir)
-    tr = build_dataset(dataset, "train", img_size=img_size, data_dir=data_dir)
-    te = build_dataset(dataset, "test", img_size=img_size, data_dir=data_dir)
-    xtr, ytr = _to_tensors(tr)
-    xte, yte = _to_tensors(te)
-    return Data(xtr, ytr, xte, yte, info.num_classes, info.in_chans, list(info.class_names))
+    tensors = [_to_tensors(build_dataset(dataset, split, img_size=img_size, data_dir=data_dir))
+               for split in ("train", "val", "test")]
+    return Data(*(t for pair in tensors for t in pair), info)
 
 
 def model_name(dynamics: str, dataset: str) -> str:
     return f"rh_{dynamics}_{'stl10' if dataset == 'stl10' else 'small'}"
+
+
+def build_model(dynamics: str, data: Data, dataset: str = "digits", seed: int = 0, **kwargs: Any) -> nn.Module:
+    """``rh_<dynamics>_{small,stl10}`` for ``data`` via :func:`pdenets.create_model`, initialised from ``seed``
+    (the RNGs are seeded first, so a run is reproducible from its seed alone)."""
+    from pdenets.models import create_model
+    from pdenets.train.rng import seed_everything
+
+    seed_everything(seed)
+    return create_model(model_name(dynamics, dataset), num_classes=data.num_classes, in_chans=data.in_chans,
+                        **kwargs)
 
 
 def balanced_subset(y: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
@@ -85,50 +132,46 @@ def balanced_subset(y: torch.Tensor, fraction: float, seed: int = 0) -> torch.Te
     return torch.cat(idx).sort().values
 
 
-def fit(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int = 64, lr: float = 2e-3,
-    opt: str = "adamw", weight_decay: float = 5e-4, hooks: Sequence[str] = ("rh-tv:3e-4", "box:1.0"),
-    seed: int = 0, progress: bool = False, desc: str = "train",
-) -> list[float]:
-    """Train ``model`` for ``steps`` optimizer steps on (x, y) with a cosine schedule; returns the losses."""
-    from pdenets.train.hooks import create_hook
+# ---- training: the one trainer ------------------------------------------------------------------------
 
-    torch.manual_seed(seed)
-    hk = [create_hook(s) for s in hooks]
-    if opt == "adamw":
-        optim: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    else:
-        optim = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, steps)
-    model.train()
-    losses: list[float] = []
-    g = torch.Generator().manual_seed(seed)
-    perm, pos = torch.randperm(len(y), generator=g), 0
-    it = range(steps)
-    if progress:
-        from tqdm import tqdm
+#: The experiments' training settings (TrainConfig fields): AdamW, cosine decay to 0 stepped per update,
+#: weight decay 5e-4, the TV-in-time penalty of Eq. (11) (α₁ = 3e-4) and the box constraint |θ| ≤ 1.
+RH_TRAINING: dict[str, Any] = dict(
+    opt="adamw", weight_decay=5e-4, sched="cosine", warmup_epochs=0, min_lr=0.0, no_aug=True, random_shift=0,
+    smoothing=0.0, hooks=["rh-tv:3e-4", "box:1.0"], report=False,
+)
 
-        it = tqdm(it, desc=desc, leave=False)
-    for _ in it:
-        if pos + batch_size > len(y):
-            perm, pos = torch.randperm(len(y), generator=g), 0
-        b = perm[pos: pos + batch_size]
-        pos += batch_size
-        loss = F.cross_entropy(model(x[b]), y[b])
-        total = loss
-        for h in hk:
-            p = h.penalty(model)
-            if p is not None:
-                total = total + p
-        optim.zero_grad(set_to_none=True)
-        total.backward()
-        optim.step()
-        sched.step()
-        with torch.no_grad():
-            for h in hk:
-                h.after_step(model, sched.get_last_lr()[0])
-        losses.append(loss.item())
-    return losses
+
+def steps_layout(steps: int, batches_per_epoch: int) -> tuple[int, int]:
+    """(epochs, steps per epoch) with epochs × steps per epoch = ``steps`` exactly: the steps per epoch are the
+    largest divisor of ``steps`` that fits in one pass over the training data (``batches_per_epoch``)."""
+    if steps < 1 or batches_per_epoch < 1:
+        raise ValueError(f"steps and batches_per_epoch must be positive, got {steps} and {batches_per_epoch}")
+    per_epoch = max(d for d in range(1, min(steps, batches_per_epoch) + 1) if steps % d == 0)
+    return steps // per_epoch, per_epoch
+
+
+def train_config(model: str, dataset: str, steps: int, n_train: int, out: str | Path, *, batch_size: int = 64,
+                 lr: float = 2e-3, seed: int = 0, progress: bool = False, **overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` of one run of ``steps`` optimizer steps on ``n_train`` examples (:data:`RH_TRAINING`
+    < the arguments < ``overrides``), writing its run directory to ``out``."""
+    from pdenets.train.config import resolve_config
+
+    epochs, per_epoch = steps_layout(steps, max(1, n_train // batch_size))
+    fields = dict(RH_TRAINING, model=model, dataset=dataset, epochs=epochs, max_steps_per_epoch=per_epoch,
+                  batch_size=batch_size, lr=lr, seed=seed, progress=progress, out=str(out))
+    fields.update(overrides)
+    return resolve_config(overrides=fields)
+
+
+def train(model: nn.Module, splits: DataSplits, cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``model`` on ``splits`` with the one trainer. Returns (the trained network with the best validation
+    weights — the one whose test score the summary reports —, the trainer's summary, metrics in percent)."""
+    from pdenets.train.trainer import Trainer
+
+    trainer = Trainer(cfg, model=model, data=splits)
+    summary = trainer.fit()
+    return trainer.model, summary
 
 
 @torch.no_grad()
@@ -145,43 +188,43 @@ def confusion_matrix(y: torch.Tensor, pred: torch.Tensor, k: int) -> torch.Tenso
 
 def fractions_experiment(
     data: Data, dataset: str, fractions: Sequence[float], dynamics: Sequence[str] = DYNAMICS, steps: int = 300,
-    seed: int = 0, progress: bool = True, model_kwargs: dict[str, Any] | None = None, **fit_kwargs: Any,
+    out: str | Path = "runs/rh-fractions", seed: int = 0, model_kwargs: dict[str, Any] | None = None,
+    **cfg_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Train each network on class-balanced subsets of the training split; test on the whole test split.
 
-    Every run gets the same number of optimizer steps (so small fractions are not under-trained).
-    Returns one row per (dynamics, fraction) with test accuracy, confusion matrix and wall time.
+    Every run gets the same number of optimizer steps (so small fractions are not under-trained) and its own
+    run directory ``out/runs/<dynamics>-<percent>pct``; ``cfg_kwargs`` go to :func:`train_config`
+    (``batch_size``, ``lr``, ``progress``). Returns one row per (dynamics, fraction) with the test accuracy
+    (a fraction), the test confusion matrix, the validation accuracy and the wall time.
     """
-    import timm
-
     rows = []
     for dyn in dynamics:
         for frac in fractions:
             idx = balanced_subset(data.y_train, frac, seed)
-            torch.manual_seed(seed)
-            model = timm.create_model(model_name(dyn, dataset), num_classes=data.num_classes,
-                                      in_chans=data.in_chans, **(model_kwargs or {}))
-            t0 = time.time()
-            losses = fit(model, data.x_train[idx], data.y_train[idx], steps, seed=seed, progress=progress,
-                         desc=f"{dyn} {frac:.0%}", **fit_kwargs)
-            pred = predict(model, data.x_test).argmax(1)
-            train_acc = float((predict(model, data.x_train[idx]).argmax(1) == data.y_train[idx]).float().mean())
+            model = build_model(dyn, data, dataset, seed, **(model_kwargs or {}))
+            run_dir = Path(out) / "runs" / f"{dyn}-{round(100 * frac)}pct"
+            cfg = train_config(model_name(dyn, dataset), dataset, steps, len(idx), run_dir, seed=seed, **cfg_kwargs)
+            model, s = train(model, data.splits(idx), cfg)
             rows.append(dict(
-                dynamics=dyn, fraction=frac, n_train=len(idx), test_acc=float((pred == data.y_test).float().mean()),
-                train_acc=train_acc, final_loss=sum(losses[-10:]) / len(losses[-10:]), seconds=time.time() - t0,
-                confusion=confusion_matrix(data.y_test, pred, data.num_classes).tolist(),
+                dynamics=dyn, fraction=frac, n_train=len(idx), test_acc=s["test_top1"] / 100,
+                val_acc=s["val_top1"] / 100, steps=s["steps"], seconds=s["wall_seconds"], run_dir=str(run_dir),
+                confusion=run_confusion(s, model, data),
             ))
     return rows
 
 
+def run_confusion(summary: dict[str, Any], model: nn.Module, data: Data) -> list[list[int]]:
+    """The test confusion matrix of a finished run: the trainer's, or computed from ``model`` if it has none."""
+    if summary.get("confusion") is not None:
+        return [[int(v) for v in row] for row in summary["confusion"]]
+    pred = predict(model, data.x_test).argmax(1)
+    return confusion_matrix(data.y_test, pred, data.num_classes).tolist()
+
+
 def plot_fractions(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     """Test accuracy vs fraction of training data, one line per network (the paper's Fig. 2, left)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = subplots(figsize=(5, 3.6))
     for dyn in dict.fromkeys(r["dynamics"] for r in rows):
         rs = [r for r in rows if r["dynamics"] == dyn]
         ax.plot([100 * r["fraction"] for r in rs], [100 * r["test_acc"] for r in rs], "o-", label=dyn)
@@ -196,17 +239,12 @@ def plot_fractions(rows: list[dict[str, Any]], path: str, title: str = "") -> No
 def plot_confusions(rows: list[dict[str, Any]], path: str, fractions: Sequence[float] | None = None,
                     class_names: Sequence[str] | None = None) -> None:
     """Grid of confusion matrices: networks row-wise, fractions of training data column-wise (Fig. 3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     dyns = list(dict.fromkeys(r["dynamics"] for r in rows))
     fr_all = sorted({r["fraction"] for r in rows})
     if fractions is None:
         fractions = fr_all if len(fr_all) <= 4 else [fr_all[0], fr_all[len(fr_all) // 3],
                                                      fr_all[2 * len(fr_all) // 3], fr_all[-1]]
-    fig, axes = plt.subplots(len(dyns), len(fractions), figsize=(2.6 * len(fractions), 2.6 * len(dyns)),
+    fig, axes = subplots(len(dyns), len(fractions), figsize=(2.6 * len(fractions), 2.6 * len(dyns)),
                              squeeze=False)
     for i, dyn in enumerate(dyns):
         for j, frac in enumerate(fractions):
@@ -231,6 +269,28 @@ def deepen(model: nn.Module) -> nn.Module:
             if isinstance(child, PDEUnit):
                 setattr(module, child_name, refine_in_time(child))
     return model
+
+
+def deepened(model: nn.Module) -> nn.Module:
+    """A new network with every unit refined in time (:func:`deepen` of a copy): built by
+    :func:`pdenets.create_model` with twice the ``steps`` and half the ``h`` of ``model``'s build record and
+    the refined weights loaded, so that it carries its own build record (and can be trained and saved)."""
+    import copy
+
+    from pdenets.models import create_model
+    from pdenets.models.registry import build_record
+
+    rec = build_record(model)
+    if rec is None:
+        raise ValueError("deepened() needs a model built by pdenets.create_model (it carries a build record)")
+    kwargs = dict(rec["create_kwargs"])
+    units = list(model.units())
+    steps = kwargs.get("steps", [u.steps for u in units])
+    kwargs["steps"] = [2 * s for s in steps] if isinstance(steps, (list, tuple)) else 2 * steps
+    kwargs["h"] = units[0].h / 2
+    new = create_model(rec["model"], **kwargs)
+    new.load_state_dict(deepen(copy.deepcopy(model)).state_dict())
+    return new
 
 
 def function_change(a: nn.Module, b: nn.Module, x: torch.Tensor) -> dict[str, float]:

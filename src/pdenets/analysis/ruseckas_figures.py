@@ -1,4 +1,4 @@
-"""Figures like Ruseckas' Figs. 2-7 for trained ODE networks (matplotlib, Agg backend, PNG files).
+"""Figures like Ruseckas' Figs. 2-7 for trained ODE networks (matplotlib figures on their own Agg canvas, PNG files).
 
 * :func:`plot_circles` — Fig. 2a: the data set.
 * :func:`plot_transformed` — Figs. 2b/5a: the final states x⁽ᴸ⁾, coloured by the predicted probability of
@@ -7,32 +7,30 @@
 * :func:`plot_dense_parameters`, :func:`plot_conv_parameters` — Figs. 3, 4, 6: b̃ and W̃ (κ̃) against l.
 * :func:`plot_conv_activations` — Fig. 7: the final-layer channels for one image, and one channel after
   every layer.
-* :func:`plot_history` — loss and accuracy per epoch.
+* :func:`plot_history` — loss and accuracy per epoch (the trainer's epoch rows).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from pdenets.models.ruseckas import OdeConvNet, OdeNet  # noqa: E402
-from pdenets.utils.plotting import save_figure
+from pdenets.models.ruseckas import OdeConvNet, OdeNet
+from pdenets.utils.plotting import figure, save_figure, subplots
 
 CLASS_COLORS = ("tab:blue", "tab:red")
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     return save_figure(fig, path, bbox_inches="tight")
 
 
 def plot_circles(x: torch.Tensor, y: torch.Tensor, path: str | Path) -> Path:
     x, y = x.detach().cpu().numpy(), y.cpu().numpy()
-    fig, ax = plt.subplots(figsize=(4.2, 4))
+    fig, ax = subplots(figsize=(4.2, 4))
     for c in (0, 1):
         ax.scatter(*x[y == c].T, s=8, c=CLASS_COLORS[c], label=f"class {c + 1}")
     ax.set_aspect("equal")
@@ -52,7 +50,7 @@ def plot_transformed(model: OdeNet, x: torch.Tensor, y: torch.Tensor, path: str 
     xl, y = xl.numpy(), y.cpu().numpy()
     markers = ("o", "^")
     if model.width >= 3:
-        fig = plt.figure(figsize=(5.4, 4.6))
+        fig = figure(figsize=(5.4, 4.6))
         ax = fig.add_subplot(projection="3d")
         for c in (0, 1):
             m = y == c
@@ -62,7 +60,7 @@ def plot_transformed(model: OdeNet, x: torch.Tensor, y: torch.Tensor, path: str 
         ax.set_ylabel("$x_2$")
         ax.set_zlabel("$x_3$")
     else:
-        fig, ax = plt.subplots(figsize=(5, 4.2))
+        fig, ax = subplots(figsize=(5, 4.2))
         for c in (0, 1):
             m = y == c
             sc = ax.scatter(xl[m, 0], xl[m, 1], c=p2[m], cmap="coolwarm", vmin=0, vmax=1, s=8, marker=markers[c],
@@ -84,7 +82,7 @@ def plot_trajectories(
     states = torch.stack(model.forward_states(x)).numpy()  # (L+1, B, N)
     label_every = label_every or max(1, model.depth // 10)
     three_d = model.width >= 3
-    fig = plt.figure(figsize=(5.4, 4.6))
+    fig = figure(figsize=(5.4, 4.6))
     ax = fig.add_subplot(projection="3d") if three_d else fig.add_subplot()
     for b in range(states.shape[1]):
         tr = states[:, b]
@@ -109,7 +107,7 @@ def plot_dense_parameters(model: OdeNet, path: str | Path, title: str = "") -> P
     w = model.weight.detach().cpu().numpy()
     b = model.bias.detach().cpu().numpy()
     layers = list(range(model.depth))
-    fig, axs = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axs = subplots(1, 2, figsize=(10, 3.6))
     for i in range(model.width):
         axs[0].plot(layers, b[:, i], marker="o" if i == 0 else ("+" if i == 1 else "x"), ms=4, lw=0.8,
                     label=f"$b_{i + 1}$")
@@ -132,7 +130,7 @@ def plot_conv_parameters(model: OdeConvNet, path: str | Path) -> Path:
     w = model.weight.detach().reshape(model.depth, -1).cpu().numpy()
     b = model.bias.detach().cpu().numpy()
     layers = list(range(model.depth))
-    fig, axs = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axs = subplots(1, 2, figsize=(10, 3.6))
     for c in range(model.channels):
         axs[0].plot(layers, b[:, c], lw=1, label=f"ch {c}")
     axs[0].set_xlabel("layer $l$")
@@ -155,7 +153,7 @@ def plot_conv_activations(model: OdeConvNet, image: torch.Tensor, path: str | Pa
     probs = model.forward_head(states[-1]).softmax(1)[0]
     C, L = model.channels, model.depth
     ncol = max(C, 11)
-    fig, axs = plt.subplots(3, ncol, figsize=(1.1 * ncol, 4.2))
+    fig, axs = subplots(3, ncol, figsize=(1.1 * ncol, 4.2))
     for ax in axs.flat:
         ax.axis("off")
     vmax = float(final.abs().max()) or 1.0
@@ -175,18 +173,19 @@ def plot_conv_activations(model: OdeConvNet, image: torch.Tensor, path: str | Pa
     return _save(fig, path)
 
 
-def plot_history(history: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
+def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Training loss (cross entropy + the Eq. 113 penalty) and accuracies per epoch, from the trainer's epoch
+    rows (:func:`pdenets.train.metrics.read_epochs`: ``train_loss``, ``train_top1``, ``val_top1`` in %)."""
     ep = [h["epoch"] for h in history]
-    fig, axs = plt.subplots(1, 2, figsize=(9, 3.2))
-    axs[0].plot(ep, [h["train_ce"] for h in history])
+    fig, axs = subplots(1, 2, figsize=(9, 3.2))
+    axs[0].plot(ep, [h["train_loss"] for h in history])
     axs[0].set_yscale("log")
     axs[0].set_xlabel("epoch")
-    axs[0].set_title("training cross entropy")
-    axs[1].plot(ep, [h["train_acc_running"] for h in history], label="train (running)")
-    te = [(h["epoch"], h["test_acc"]) for h in history if "test_acc" in h]
-    if te:
-        axs[1].plot(*zip(*te), "o-", ms=3, label="test")
+    axs[0].set_title("training loss (cross entropy + Eq. 113)")
+    axs[1].plot(ep, [h["train_top1"] for h in history], label="train (running)")
+    axs[1].plot(ep, [h["val_top1"] for h in history], label="validation")
     axs[1].set_xlabel("epoch")
+    axs[1].set_ylabel("%")
     axs[1].set_title("accuracy")
     axs[1].legend(fontsize=8)
     fig.suptitle(title)

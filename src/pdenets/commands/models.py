@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from pdenets.errors import UsageError
     from pdenets.models import is_image_model, list_models
-    from pdenets.utils.stats import model_stats
+    from pdenets.models.stats import model_stats
 
     names = list_models(args.pattern)
     if not names:

@@ -34,10 +34,12 @@ def _networks(s: str) -> list[str]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", help="digits (default, bundled) or stl10 (needs --data-dir)")
     p.add_argument("--data-dir", default=None, help="root of a local torchvision STL-10 copy (stl10_binary/)")
-    p.add_argument("--train-steps", type=int, default=300, help="optimizer steps per training run (default 300)")
+    p.add_argument("--train-steps", type=int, default=300,
+                   help="optimizer steps per training run (default 300), run by the trainer as epochs x "
+                   "max_steps_per_epoch (the largest divisor of the steps that fits in one pass over the data)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the model, the data subsets and the training")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default=None, help="output folder (default runs/rh-<command>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -48,8 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "rh", help="Ruthotto-Haber experiments: accuracy vs data (Fig. 2), confusion (Fig. 3), multiscale, ...",
         description="Experiments with the parabolic, Hamiltonian and second-order CNNs of Ruthotto & Haber. "
         "Digits (bundled, 16 px, rh_*_small networks) by default; STL-10 (rh_*_stl10) from a local copy with "
-        "--dataset stl10 --data-dir DIR. Training: AdamW + cosine, weight decay 5e-4, hooks rh-tv:3e-4 and "
-        "box:1.0, a fixed number of optimizer steps per run.",
+        "--dataset stl10 --data-dir DIR. Every run goes through the trainer of `pdenets train` (run directories "
+        "under OUT/runs/): AdamW + cosine, weight decay 5e-4, hooks rh-tv:3e-4 and box:1.0, a fixed number of "
+        "optimizer steps per run; validation split carved from the training split, test accuracy reported.",
     )
     rs = p.add_subparsers(dest="rh_command", metavar="EXPERIMENT")
 
@@ -109,6 +112,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _setup(args: argparse.Namespace, name: str):
+    """Check the options, apply ``--threads`` (process-wide, so here in the command layer), load the data."""
     import torch
 
     from pdenets.analysis.rh_experiments import load_data
@@ -124,8 +128,17 @@ def _setup(args: argparse.Namespace, name: str):
     return data, out
 
 
-def _fit_kwargs(args: argparse.Namespace) -> dict:
-    return dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.no_progress)
+def _cfg_kwargs(args: argparse.Namespace, **over) -> dict:
+    """The command's training options for :func:`pdenets.analysis.rh_experiments.train_config`."""
+    return dict(dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.no_progress), **over)
+
+
+def _config(args: argparse.Namespace, model, n_train: int, steps: int, run_dir: Path, **over):
+    from pdenets.analysis.rh_experiments import train_config
+    from pdenets.models.registry import build_record
+
+    return train_config(build_record(model)["model"], args.dataset, steps, n_train, run_dir,
+                        **_cfg_kwargs(args, **over))
 
 
 def run_fractions(args: argparse.Namespace) -> int:
@@ -133,7 +146,8 @@ def run_fractions(args: argparse.Namespace) -> int:
 
     fracs, nets = _floats(args.fractions), _networks(args.networks)
     data, out = _setup(args, "fractions")
-    rows = fractions_experiment(data, args.dataset, fracs, nets, steps=args.train_steps, **_fit_kwargs(args))
+    rows = fractions_experiment(data, args.dataset, fracs, nets, steps=args.train_steps, out=out,
+                                **_cfg_kwargs(args))
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     plot_fractions(rows, str(out / "fractions.png"), title=f"{args.dataset}: test accuracy vs training data")
     plot_confusions(rows, str(out / "confusion.png"), class_names=data.class_names)
@@ -171,99 +185,93 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_deepen(args: argparse.Namespace) -> int:
-    import copy
-
-    import timm
-
-    from pdenets.analysis.rh_experiments import deepen, fit, function_change, model_name, predict
+    """Train, refine every unit in time (2x steps, h/2), measure the change on the test split; fine-tune."""
+    from pdenets.analysis.rh_experiments import build_model, deepened, function_change, train
     from pdenets.errors import UsageError
 
-    if args.time_steps < 1 or not args.h > 0:
-        raise UsageError(f"--time-steps must be >= 1 and --h > 0, got {args.time_steps} and {args.h}")
+    if args.time_steps < 1 or not args.h > 0 or args.finetune_steps < 0:
+        raise UsageError(f"--time-steps must be >= 1, --h > 0 and --finetune-steps >= 0, got {args.time_steps}, "
+                         f"{args.h} and {args.finetune_steps}")
     data, out = _setup(args, "deepen")
-    model = timm.create_model(model_name(args.network, args.dataset), num_classes=data.num_classes,
-                              in_chans=data.in_chans, steps=args.time_steps, h=args.h)
-    fit(model, data.x_train, data.y_train, args.train_steps, **_fit_kwargs(args))
-
-    def acc(m):
-        return float((predict(m, data.x_test).argmax(1) == data.y_test).float().mean())
-
-    deep = deepen(copy.deepcopy(model))
+    model = build_model(args.network, data, args.dataset, args.seed, steps=args.time_steps, h=args.h)
+    n = len(data.y_train)
+    model, s = train(model, data.splits(), _config(args, model, n, args.train_steps, out / "runs" / "train"))
+    deep = deepened(model)
     res = dict(network=args.network, h_before=args.h, steps_before=[u.steps for u in model.units()],
-               steps_after=[u.steps for u in deep.units()], acc_before=acc(model), acc_after=acc(deep),
+               steps_after=[u.steps for u in deep.units()], train_steps=s["steps"], val_acc=s["val_top1"] / 100,
+               acc_before=s["test_top1"] / 100, acc_after=_test_acc(deep, data),
                **function_change(model, deep, data.x_test))
     if args.finetune_steps:
-        fit(deep, data.x_train, data.y_train, args.finetune_steps, **dict(_fit_kwargs(args), lr=args.lr / 10))
-        res["acc_after_finetune"] = acc(deep)
+        cfg = _config(args, deep, n, args.finetune_steps, out / "runs" / "finetune", lr=args.lr / 10)
+        res["acc_after_finetune"] = train(deep, data.splits(), cfg)[1]["test_top1"] / 100
     (out / "deepen.json").write_text(json.dumps(res, indent=1))
     for k, v in res.items():
         print(f"{k:<22} {v}")
     return 0
 
 
+def _test_acc(model, data) -> float:
+    """Test accuracy (a fraction) of a network that was not trained by this run (the refined one)."""
+    from pdenets.analysis.rh_experiments import predict
+
+    return float((predict(model, data.x_test).argmax(1) == data.y_test).float().mean())
+
+
 def run_multiscale(args: argparse.Namespace) -> int:
-    import time
-
-    import timm
-
-    from pdenets.analysis.rh_experiments import downsample, fit, model_name, predict
+    """All steps at full resolution vs half the steps at half the resolution, then half at full resolution."""
+    from pdenets.analysis.rh_experiments import build_model, train
 
     data, out = _setup(args, "multiscale")
     full = data.x_train.shape[-1]
-    coarse = full // 2
+    coarse, half, n = full // 2, args.train_steps // 2, len(data.y_train)
+    if half < 1:
+        from pdenets.errors import UsageError
+
+        raise UsageError(f"--train-steps must be at least 2 for multiscale training, got {args.train_steps}")
     res = dict(network=args.network, full_size=full, coarse_size=coarse, train_steps=args.train_steps)
-    for mode in ("full", "multiscale"):
-        model = timm.create_model(model_name(args.network, args.dataset), num_classes=data.num_classes,
-                                  in_chans=data.in_chans)
-        t0 = time.time()
-        if mode == "full":
-            fit(model, data.x_train, data.y_train, args.train_steps, **_fit_kwargs(args))
-        else:
-            half = args.train_steps // 2
-            xc = downsample(data.x_train, coarse)
-            fit(model, xc, data.y_train, half, **_fit_kwargs(args))
-            res["acc_coarse_stage_at_full_res"] = float(
-                (predict(model, data.x_test).argmax(1) == data.y_test).float().mean())
-            fit(model, data.x_train, data.y_train, args.train_steps - half, **_fit_kwargs(args))
-        res[f"{mode}_seconds"] = time.time() - t0
-        res[f"{mode}_test_acc"] = float((predict(model, data.x_test).argmax(1) == data.y_test).float().mean())
+    model = build_model(args.network, data, args.dataset, args.seed)
+    _, s = train(model, data.splits(), _config(args, model, n, args.train_steps, out / "runs" / "full"))
+    res.update(full_seconds=s["wall_seconds"], full_test_acc=s["test_top1"] / 100)
+    model = build_model(args.network, data, args.dataset, args.seed)
+    model, s1 = train(model, data.splits(size=coarse), _config(args, model, n, half, out / "runs" / "coarse"))
+    res.update(coarse_stage_test_acc_at_coarse_res=s1["test_top1"] / 100,
+               acc_coarse_stage_at_full_res=_test_acc(model, data))
+    _, s2 = train(model, data.splits(), _config(args, model, n, args.train_steps - half, out / "runs" / "fine"))
+    res.update(multiscale_seconds=s1["wall_seconds"] + s2["wall_seconds"], multiscale_test_acc=s2["test_top1"] / 100)
     (out / "multiscale.json").write_text(json.dumps(res, indent=1))
     for k, v in res.items():
-        print(f"{k:<30} {v}")
+        print(f"{k:<36} {v}")
     return 0
 
 
 def run_stability(args: argparse.Namespace) -> int:
+    """Float64 checks at random points: explicit float64 inputs and units (no change of the default dtype)."""
     import torch
 
     from pdenets.analysis import forward_stability, layer_jacobian_spectrum, parabolic_step_bound
     from pdenets.dynamics import create_unit
 
+    f64 = torch.float64
     torch.manual_seed(args.seed)
     c, n = args.channels + args.channels % 2, args.size
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        y = torch.randn(1, c, n, n)
-        par = create_unit("parabolic", c, steps=args.time_steps, norm="none")
-        ev = layer_jacobian_spectrum(par, y)
-        bound = min(parabolic_step_bound(layer, (n, n)) for layer in par.layers)
-        print(f"parabolic F_sym Jacobian (norm=none, ReLU): eigenvalues in [{ev.real.min():.4g}, "
-              f"{ev.real.max():.3g}], max |Im| {ev.imag.abs().max():.2g}; Euler bound h <= {bound:.4g}")
-        par.h = 0.99 * bound
-        r = forward_stability(par, y.repeat(4, 1, 1, 1), eps=1e-2, trials=8)
-        print(f"parabolic, {args.time_steps} Euler steps at h = 0.99 x bound: max ratio {r.max():.6f} (<= 1)")
-        ham = create_unit("hamiltonian", c, steps=args.time_steps, norm="none", act="identity", bias=False)
-        ev = layer_jacobian_spectrum(ham, y)
-        print(f"Hamiltonian linearisation (sigma = identity): max |Re| / max |lambda| = "
-              f"{ev.real.abs().max() / ev.abs().max():.2e}")
-        for dyn in ("hamiltonian", "second_order"):
-            u = create_unit(dyn, c, steps=args.time_steps, h=1.0, norm="instance")
-            r = forward_stability(u, y.repeat(4, 1, 1, 1), eps=1e-2, trials=8)
-            with torch.no_grad():
-                back = u.reconstruct(u.integrate(y))
-            print(f"{dyn:<12} (instance norm, h=1): ratio {r.min():.3f}..{r.max():.3f}; reconstruction error "
-                  f"{(back - y).abs().max():.2e}")
-    finally:
-        torch.set_default_dtype(old)
+    y = torch.randn(1, c, n, n, dtype=f64)
+    par = create_unit("parabolic", c, steps=args.time_steps, norm="none").to(f64)
+    ev = layer_jacobian_spectrum(par, y)
+    bound = min(parabolic_step_bound(layer, (n, n)) for layer in par.layers)
+    print(f"parabolic F_sym Jacobian (norm=none, ReLU): eigenvalues in [{ev.real.min():.4g}, "
+          f"{ev.real.max():.3g}], max |Im| {ev.imag.abs().max():.2g}; Euler bound h <= {bound:.4g}")
+    par.h = 0.99 * bound
+    r = forward_stability(par, y.repeat(4, 1, 1, 1), eps=1e-2, trials=8)
+    print(f"parabolic, {args.time_steps} Euler steps at h = 0.99 x bound: max ratio {r.max():.6f} (<= 1)")
+    ham = create_unit("hamiltonian", c, steps=args.time_steps, norm="none", act="identity", bias=False).to(f64)
+    ev = layer_jacobian_spectrum(ham, y)
+    print(f"Hamiltonian linearisation (sigma = identity): max |Re| / max |lambda| = "
+          f"{ev.real.abs().max() / ev.abs().max():.2e}")
+    for dyn in ("hamiltonian", "second_order"):
+        u = create_unit(dyn, c, steps=args.time_steps, h=1.0, norm="instance").to(f64)
+        r = forward_stability(u, y.repeat(4, 1, 1, 1), eps=1e-2, trials=8)
+        with torch.no_grad():
+            back = u.reconstruct(u.integrate(y))
+        print(f"{dyn:<12} (instance norm, h=1): ratio {r.min():.3f}..{r.max():.3f}; reconstruction error "
+              f"{(back - y).abs().max():.2e}")
     return 0

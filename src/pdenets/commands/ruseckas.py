@@ -15,8 +15,8 @@ CIRCLE_DEFAULTS = {
 
 
 def _common(p: argparse.ArgumentParser, lam: float) -> None:
-    p.add_argument("--out", default=None, help="run directory for figures, metrics.json and weights "
-                   "(default runs/ruseckas-<task>)")
+    p.add_argument("--out", default=None, help="folder for figures and metrics.json; the trainer's run "
+                   "directories (checkpoints, metrics per epoch) go to OUT/runs/<model> (default runs/ruseckas-<task>)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: per model/task)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="SGD (Nesterov momentum) or Adam")
@@ -25,7 +25,8 @@ def _common(p: argparse.ArgumentParser, lam: float) -> None:
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping, 0 = off (default 1.0)")
     p.add_argument("--gamma-lr-scale", type=float, default=None,
                    help="learning-rate factor of the learnable γ̃ (its gradient sums over all L layers)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, shuffling and split (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model, the shuffling and (circles) the points "
+                   "(default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
 
@@ -36,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="train Ruseckas' ODE networks (circles, digits/MNIST) and draw the paper's figures",
         description="Ruseckas, 'Differential equations as models of deep neural networks' §5: the ODE "
         "network dx/dt = Wx + b - γx³ discretised by forward Euler (Eq. 109), all parameters initialised "
-        "to zero, trained with cross entropy + the layer-smoothness loss of Eq. (113).",
+        "to zero, trained with cross entropy + the layer-smoothness loss of Eq. (113) (hook layer-smooth:λ) by the "
+        "trainer of `pdenets train` (recipe ruseckas2019).",
     )
     tasks = p.add_subparsers(dest="task", metavar="TASK")
     c = tasks.add_parser(
@@ -44,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="§5.1: two noisy concentric circles, model 1 (R², L=100) and model 2 (R³, L=20)",
         description="Train model 1 (ruseckas_circles_r2: R², L=100, learnable γ̃, softmax; 601 parameters) "
         "and/or model 2 (ruseckas_circles_r3: R³ with one zero dimension, L=20, γ̃=0.1, sigmoid of x₃; "
-        "240 parameters) on 400 points (radii 1 and 2, σ=0.2), full batch, λ=1.0. Writes "
+        "240 parameters) on the circles splits of `pdenets train --dataset circles` (400 points, radii 1 and 2, "
+        "σ=0.2: 255 train / 45 val / 100 test), full batch, λ=1.0, and report the test accuracy. Writes "
         "<model>_transformed.png (Fig. 2b/5a), <model>_trajectories.png (Fig. 2c/5b), "
         "<model>_parameters.png (Figs. 3/4), circles_data.png (Fig. 2a) and metrics.json.",
     )
@@ -56,7 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="§5.2: the convolutional ODE network (18201 parameters) on 8×8 digits or a local MNIST",
         description="Train ruseckas_conv_mnist (C=10 channels incl. 9 zero channels, L=20 3×3 conv layers, "
         "learnable γ̃, global max pool, softmax) with λ=0.1 on scikit-learn's bundled 8×8 digits "
-        "(stratified 25%% test split), or on MNIST read from --data-dir (torchvision layout, no download). "
+        "(the fixed train/val/test splits of `pdenets train --dataset digits`: 1144/203/450), or on MNIST read from "
+        "--data-dir (torchvision layout, no download; validation carved from the training split). "
         "Writes conv_parameters.png (Fig. 6), conv_activations.png (Fig. 7), history.png, metrics.json.",
     )
     d.add_argument("--data-dir", default=None, help="directory holding MNIST/raw (torchvision layout); "
@@ -88,65 +92,97 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--threads must be positive, got {args.threads}")
 
 
-def _config(args: argparse.Namespace, defaults: dict, **extra):
-    from pdenets.experiments.ruseckas import FitConfig
+def _pick(args: argparse.Namespace, defaults: dict) -> dict:
+    """The per-model/task defaults, overridden by the options the user gave."""
+    return {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
 
-    pick = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
-    return FitConfig(momentum=args.momentum, lam=args.lam, clip=args.clip, seed=args.seed, **pick, **extra)
+
+def _train(args: argparse.Namespace, name: str, data, run_dir: Path, batch_size: int, pick: dict, **model_kwargs):
+    """Seed, build ``name`` with the picked ``gamma_lr_scale``, train it with the one trainer on ``data``
+    (:class:`~pdenets.train.data.DataSplits`); returns (the trained model with the best validation weights,
+    the trainer's summary, the config)."""
+    from pdenets.experiments.ruseckas import train, train_config
+    from pdenets.models import create_model
+    from pdenets.train.rng import seed_everything
+    from pdenets.utils.stats import count_params
+
+    seed_everything(args.seed)  # before the model and the trainer's data order
+    model = create_model(name, gamma_lr_scale=pick["gamma_lr_scale"], **model_kwargs)
+    cfg = train_config(name, data.info.name, run_dir, epochs=pick["epochs"], lr=pick["lr"], opt=pick["optimizer"],
+                       batch_size=batch_size, lam=args.lam, clip=args.clip, momentum=args.momentum, seed=args.seed)
+    print(f"{name}: {count_params(model)} parameters; {len(data.train)} train / {len(data.val)} val / "
+          f"{len(data.test)} test; {cfg.opt} lr {cfg.lr:g} (γ̃ ×{pick['gamma_lr_scale']:g}), {cfg.epochs} epochs "
+          f"of batch {cfg.batch_size}, hooks {cfg.hooks}, clip {cfg.clip_grad}; run directory {run_dir}", flush=True)
+    model, summary = train(model, data, cfg)
+    return model, summary, cfg
+
+
+def _metrics(model, summary: dict, cfg) -> dict:
+    """What metrics.json records of one run (accuracies as fractions; the test split is scored once)."""
+    from pdenets.utils.stats import count_params
+
+    return {"params": count_params(model), "test_acc": summary["test_top1"] / 100,
+            "val_acc": summary["val_top1"] / 100, "best_epoch": summary["best_epoch"],
+            "gamma": float(model.gamma.detach()), "steps": summary["steps"], "seconds": summary["wall_seconds"],
+            "run_dir": summary["run_dir"], "checkpoint": summary["checkpoint"], "config": cfg.to_dict()}
 
 
 def run_circles(args: argparse.Namespace) -> int:
+    """Train model 1 and/or model 2 on the circles splits of `pdenets train`, report test accuracy, draw."""
     import torch
 
     from pdenets.analysis import ruseckas_figures as figs
-    from pdenets.datasets.circles import make_circles
-    from pdenets.experiments.ruseckas import accuracy, fit
-    from pdenets.models import create_model
-    from pdenets.utils.stats import count_params
+    from pdenets.experiments.ruseckas import circles_splits, split_tensors
 
     _check(args)
     torch.set_num_threads(args.threads)
     out = _out_dir(args, "circles")
-    x, y = make_circles(seed=args.seed)
+    data = circles_splits(args.seed)
+    parts = [split_tensors(ds) for ds in (data.train, data.val, data.test)]
+    x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # all 400 points, for the figures
     if not args.no_figures:
         figs.plot_circles(x, y, out / "circles_data.png")
     keys = ("r2", "r3") if args.model == "both" else (args.model,)
     metrics = {}
     for key in keys:
         name = CIRCLE_MODELS[key]
-        torch.manual_seed(args.seed)
-        model = create_model(name)
-        cfg = _config(args, CIRCLE_DEFAULTS[key])
-        print(f"{name}: {count_params(model)} parameters, {cfg}")
-        res = fit(model, x, y, cfg, log_every=max(1, cfg.epochs // 10))
-        acc = accuracy(model, x, y)
-        metrics[name] = {"params": count_params(model), "train_acc": acc, "gamma": float(model.gamma.detach()),
-                         "final_train_ce": res.history[-1]["train_ce"], "seconds": res.seconds,
-                         "config": vars(cfg)}
-        print(f"{name}: training accuracy {acc:.4f}, γ̃ = {float(model.gamma.detach()):.4g}, {res.seconds:.1f} s")
-        torch.save(model.state_dict(), out / f"{name}.pt")
+        model, s, cfg = _train(args, name, data, out / "runs" / name, len(data.train),
+                               pick=_pick(args, CIRCLE_DEFAULTS[key]))
+        metrics[name] = m = _metrics(model, s, cfg)
+        print(f"{name}: test accuracy {m['test_acc']:.4f} ({len(data.test)} points), validation "
+              f"{m['val_acc']:.4f}, γ̃ = {m['gamma']:.4g}, {m['seconds']:.1f} s")
         if not args.no_figures:
-            figs.plot_transformed(model, x, y, out / f"{name}_transformed.png",
-                                  title=f"{name}: output, training accuracy {acc:.1%}")
-            sample = torch.cat([torch.nonzero(y == 0)[:2, 0], torch.nonzero(y == 1)[:2, 0]])
-            figs.plot_trajectories(model, x[sample], y[sample], out / f"{name}_trajectories.png")
-            figs.plot_dense_parameters(model, out / f"{name}_parameters.png",
-                                       title=f"{name}: parameters vs layer (γ̃ = {float(model.gamma.detach()):.3g})")
-            figs.plot_history(res.history, out / f"{name}_history.png", title=name)
+            _circle_figures(model, x, y, out, name, m)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"wrote {out}/")
     return 0
 
 
+def _circle_figures(model, x, y, out: Path, name: str, m: dict) -> None:
+    """Figs. 2b/5a, 2c/5b, 3/4 and the learning curves of one trained circle model."""
+    import torch
+
+    from pdenets.analysis import ruseckas_figures as figs
+    from pdenets.train.metrics import read_epochs
+
+    figs.plot_transformed(model, x, y, out / f"{name}_transformed.png",
+                          title=f"{name}: output on all 400 points, test accuracy {m['test_acc']:.1%}")
+    sample = torch.cat([torch.nonzero(y == 0)[:2, 0], torch.nonzero(y == 1)[:2, 0]])
+    figs.plot_trajectories(model, x[sample], y[sample], out / f"{name}_trajectories.png")
+    figs.plot_dense_parameters(model, out / f"{name}_parameters.png",
+                               title=f"{name}: parameters vs layer (γ̃ = {m['gamma']:.3g})")
+    figs.plot_history(read_epochs(m["run_dir"]), out / f"{name}_history.png", title=name)
+
+
 def run_digits(args: argparse.Namespace) -> int:
+    """Train the conv ODE network on the 8×8 digits (splits of `pdenets train`) or a local MNIST; draw."""
     import torch
 
     from pdenets.analysis import ruseckas_figures as figs
     from pdenets.errors import UsageError
-    from pdenets.experiments.ruseckas import accuracy, fit, load_digits_split, load_mnist
+    from pdenets.experiments.ruseckas import accuracy, digits_splits_8px, mnist_splits, split_tensors
     from pdenets.layers.derivative import PADDING_MODES
-    from pdenets.models import create_model
-    from pdenets.utils.stats import count_params
+    from pdenets.train.metrics import read_epochs
 
     _check(args)
     if args.padding_mode not in PADDING_MODES:
@@ -159,30 +195,23 @@ def run_digits(args: argparse.Namespace) -> int:
         raw = Path(args.data_dir) / "MNIST" / "raw"
         if not raw.is_dir():
             raise UsageError(f"--data-dir {args.data_dir!r}: expected MNIST in torchvision layout ({raw} missing)")
-        xtr, ytr, xte, yte = load_mnist(args.data_dir)
-        dataset, defaults = "mnist", dict(epochs=3, lr=0.001, optimizer="adam", gamma_lr_scale=0.1)
+        data, epochs = mnist_splits(args.data_dir), 3
     else:
-        xtr, ytr, xte, yte = load_digits_split(seed=args.seed)
-        dataset, defaults = "digits", dict(epochs=30, lr=0.001, optimizer="adam", gamma_lr_scale=0.1)
-    torch.manual_seed(args.seed)
-    model = create_model("ruseckas_conv_mnist", in_chans=1, num_classes=10, padding_mode=args.padding_mode)
-    cfg = _config(args, defaults, batch_size=args.batch_size)
-    print(f"ruseckas_conv_mnist on {dataset} ({len(ytr)} train / {len(yte)} test, {tuple(xtr.shape[2:])} px): "
-          f"{count_params(model)} parameters, {cfg}")
-    res = fit(model, xtr, ytr, cfg, xte, yte)
-    test_acc = accuracy(model, xte, yte)
-    train_acc = accuracy(model, xtr, ytr)
-    metrics = {"dataset": dataset, "params": count_params(model), "test_acc": test_acc, "train_acc": train_acc,
-               "gamma": float(model.gamma.detach()), "seconds": res.seconds, "config": vars(cfg),
-               "history": res.history}
-    print(f"{dataset}: test accuracy {test_acc:.4f}, train accuracy {train_acc:.4f}, "
-          f"γ̃ = {float(model.gamma.detach()):.3g}, {res.seconds:.1f} s")
-    torch.save(model.state_dict(), out / "ruseckas_conv_mnist.pt")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        data, epochs = digits_splits_8px(), 30
+    defaults = dict(epochs=epochs, lr=0.001, optimizer="adam", gamma_lr_scale=0.1)
+    model, s, cfg = _train(args, "ruseckas_conv_mnist", data, out / "runs" / "ruseckas_conv_mnist", args.batch_size,
+                           pick=_pick(args, defaults), in_chans=1, num_classes=10, padding_mode=args.padding_mode)
+    m = dict(dataset=data.info.name, **_metrics(model, s, cfg))
+    (xtr, ytr), (xte, yte) = split_tensors(data.train), split_tensors(data.test)
+    m["train_acc"] = accuracy(model, xtr, ytr)
+    print(f"{m['dataset']}: test accuracy {m['test_acc']:.4f} ({len(yte)} images), validation {m['val_acc']:.4f}, "
+          f"train {m['train_acc']:.4f}, γ̃ = {m['gamma']:.3g}, {m['seconds']:.1f} s")
+    (out / "metrics.json").write_text(json.dumps(m, indent=2))
     if not args.no_figures:
         figs.plot_conv_parameters(model, out / "conv_parameters.png")
         zero = int(torch.nonzero(yte == 0)[0, 0])
         figs.plot_conv_activations(model, xte[zero], out / "conv_activations.png", channel=0, label=0)
-        figs.plot_history(res.history, out / "history.png", title=f"ruseckas_conv_mnist on {dataset}")
+        figs.plot_history(read_epochs(m["run_dir"]), out / "history.png",
+                          title=f"ruseckas_conv_mnist on {m['dataset']}")
     print(f"wrote {out}/")
     return 0

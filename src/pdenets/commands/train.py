@@ -114,18 +114,26 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train a model (recipes, YAML config, resume, NaN guard, torchrun DDP)",
         description="Train a model. Options are resolved as: defaults < --recipe < --config FILE < command "
-        "line; the resolved config is saved as RUN/config.yaml. Run directory (--out): metrics.csv/.jsonl, "
+        "line; the resolved config is saved as RUN/config.yaml. The best checkpoint is chosen on the validation "
+        "split; the test split is scored once, at the end, with it. Run directory (--out): metrics.csv/.jsonl, "
         "checkpoints/{last,best}/, summary.json, report.md, curves.png, confusion.png. Multi-process: "
         "torchrun --nproc_per_node=N -m pdenets train ... (gloo on CPU, NCCL on GPU).",
         epilog="recipes: " + ", ".join(RECIPES) + "\nexample: pdenets train --recipe quick --out runs/quick\n"
-        "         pdenets train --recipe quick --out runs/quick --resume auto",
+        "         pdenets train --resume runs/quick        (continue a stopped or killed run; config from the run)\n"
+        "         pdenets train --init-from runs/small/checkpoints/best --epochs 3 --out runs/ft",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--recipe", dest="recipe_arg", metavar="NAME", help="preset: " + ", ".join(RECIPES))
     p.add_argument("--config", metavar="FILE", help="YAML file of options (keys as in RUN/config.yaml)")
     p.add_argument("--out", help="run directory (default runs/train)")
     p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint/run directory, or 'auto': "
-                   "from OUT/checkpoints/last if it exists")
+                   "from OUT/checkpoints/last if it exists; the run's saved config.yaml is the base (no --model "
+                   "needed), options given here override it")
+    p.add_argument("--init-from", metavar="ARTIFACT", help="start a fresh run from an artifact's weights and "
+                   "structure (a .safetensors file, checkpoint or run directory; a compressed model keeps its "
+                   "widths); the model is the artifact's, the data set defaults to the artifact's")
+    p.add_argument("--which", dest="init_which", choices=("best", "last"),
+                   help="checkpoint of a run directory given to --init-from (default best)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     add_train_options(p)
     p.set_defaults(func=run)
@@ -135,7 +143,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
 
     from pdenets.train.config import resolve_config
-    from pdenets.train.engine import train
+    from pdenets.train.trainer import train
 
     set_threads(args.threads)
     cfg = resolve_config(config_file=args.config, overrides=overrides_from_args(args))
@@ -154,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"pdenets train: {summary['message']}", file=sys.stderr)
         return 1
-    keys = ("model", "dataset", "epochs", "test_top1", "test_top5", "params", "wall_seconds", "status")
+    keys = ("model", "dataset", "epochs", "val_top1", "test_top1", "test_top5", "params", "wall_seconds", "status")
     print(json.dumps({k: summary[k] for k in keys}))
     print(f"run directory: {summary['run_dir']}  (report.md, summary.json, checkpoints/)")
     return 0

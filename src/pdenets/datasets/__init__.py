@@ -3,10 +3,18 @@
 :func:`build_dataset` is the single entry point; :func:`dataset_info` tells the trainer how many classes
 and input channels a data set has (so they can be passed to ``create_model``). Names:
 
-* ``digits`` — scikit-learn's 8×8 digits resized to ``img_size`` (default 16), fixed stratified 75/25 split;
-* ``circles`` — Ruseckas §5.1 two noisy concentric circles, 2-D points (vector data, 2 classes);
-* ``cifar10``, ``cifar100``, ``stl10``, ``mnist``, ``fashion_mnist`` — torchvision, from a local ``data_dir``;
-* ``imagefolder:PATH`` — PATH/train/<class>/* and PATH/val/<class>/*.
+* ``digits`` — scikit-learn's 8×8 digits resized to ``img_size`` (default 16), fixed stratified 75/25
+  train/test split;
+* ``circles`` — Ruseckas §5.1 two noisy concentric circles, 2-D points (vector data, 2 classes), 75/25;
+* ``cifar10``, ``cifar100``, ``stl10``, ``mnist``, ``fashion_mnist`` — torchvision, from a local ``data_dir``
+  (their official train and test splits);
+* ``imagefolder:PATH`` — PATH/train/<class>/*, PATH/val/<class>/* and optionally PATH/test/<class>/*.
+
+Splits: 'train' trains, 'val' selects (the best checkpoint), 'test' is scored once at the end. Sets without
+an official validation split (digits, circles, the torchvision sets) get a fixed stratified 15 % of their
+training part as 'val' (:mod:`pdenets.datasets.splits`; seed fixed, independent of the run's seed), and
+'train' is the rest; 'test' stays the fixed test split. ImageFolder: 'val' is PATH/val, 'test' is PATH/test
+if present, else PATH/val.
 
 Every data set yields ``(x, y)`` pairs; the trainer's samplers know the index of every sample.
 """
@@ -83,7 +91,7 @@ def build_transform(info: DatasetInfo, img_size: int, is_training: bool, augment
 def build_dataset(name: str, split: str, img_size: int | None = None, data_dir: str | os.PathLike | None = None,
                   download: bool = False, augment: dict[str, Any] | None = None, crop_pct: float | None = None,
                   seed: int = 0, random_shift: int = 0):
-    """The ``split`` ('train', 'val' or 'test'; 'val' = 'test' for sets with two splits) of data set ``name``.
+    """The ``split`` ('train', 'val' or 'test', disjoint; see the module docstring) of data set ``name``.
 
     ``img_size`` defaults to 16 for digits and to the native size of the others (224 for ImageFolder).
     ``augment`` is passed to timm's ``create_transform`` for the training split of real image sets;

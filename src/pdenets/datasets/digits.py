@@ -3,7 +3,8 @@
 The embedded default data set of pdenets: it needs no download. Images are scaled to [0, 1], resized to
 ``img_size`` by bilinear interpolation and standardised with the mean/std of the training split. The
 train/test split is stratified 75/25 with a fixed seed (``random_state=0``), so every run sees the same
-test set (DESIGN.md §5).
+test set (DESIGN.md §5); the validation split is a fixed stratified 15 % of the 75 % training part
+(:func:`pdenets.datasets.splits.carve_validation`): 1144 train / 203 val / 450 test images.
 """
 
 from __future__ import annotations
@@ -26,6 +27,18 @@ def digits_split_indices() -> tuple[list[int], list[int]]:
         list(range(len(target))), test_size=DIGITS_TEST_FRACTION, stratify=target, random_state=DIGITS_SPLIT_SEED
     )
     return sorted(train), sorted(test)
+
+
+def digits_splits() -> dict[str, list[int]]:
+    """Indices of the fixed 'train', 'val' and 'test' splits (disjoint; train + val = the 75 % part)."""
+    from sklearn.datasets import load_digits
+
+    from pdenets.datasets.splits import carve_validation
+
+    part, test = digits_split_indices()
+    target = load_digits().target
+    train, val = carve_validation(part, target[part].tolist())
+    return dict(train=train, val=val, test=test)
 
 
 def random_translate(x: torch.Tensor, max_shift: int, fill: float) -> torch.Tensor:
@@ -52,16 +65,16 @@ class DigitsDataset(Dataset):
         from sklearn.datasets import load_digits
 
         if split not in ("train", "test", "val"):
-            raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
+            raise ValueError(f"digits split must be 'train', 'val' or 'test', got {split!r}")
         if img_size < 1:
             raise ValueError(f"img_size must be positive, got {img_size}")
         data = load_digits()
-        train_idx, test_idx = digits_split_indices()
+        splits = digits_splits()
         x = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
         if img_size != 8:
             x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
-        mean, std = x[train_idx].mean(), x[train_idx].std()
-        self.indices = train_idx if split == "train" else test_idx
+        mean, std = x[splits["train"]].mean(), x[splits["train"]].std()
+        self.indices = splits[split]
         self.images = ((x[self.indices] - mean) / std).contiguous()
         self.targets = torch.tensor(data.target[self.indices], dtype=torch.long)
         self.transform = transform

@@ -29,28 +29,21 @@ TORCHVISION_SETS: dict[str, dict[str, Any]] = {
                           layout="DATA_DIR/FashionMNIST/raw/ (the four idx files)"),
 }
 
-IMAGEFOLDER_LAYOUT = "PATH/train/<class>/<image> and PATH/val/<class>/<image>"
+IMAGEFOLDER_LAYOUT = "PATH/train/<class>/<image> and PATH/val/<class>/<image> (optionally PATH/test/<class>/<image>)"
 
 
-def _split_is_train(split: str) -> bool:
-    if split not in ("train", "val", "test"):
-        raise UsageError(f"split must be 'train', 'val' or 'test', got {split!r}")
-    return split == "train"
+def _targets(ds) -> list[int]:
+    t = getattr(ds, "targets", None)
+    if t is None:
+        t = ds.labels  # STL10
+    return [int(v) for v in t]
 
 
-def build_torchvision_dataset(name: str, split: str, data_dir: str | os.PathLike | None, transform,
-                              download: bool = False):
-    """A torchvision data set from ``data_dir`` (train split for 'train', the test split otherwise)."""
+def _torchvision(name: str, root: Path, train: bool, transform, download: bool):
     import torchvision.datasets as tvd
 
     info = TORCHVISION_SETS[name]
-    if data_dir is None:
-        raise UsageError(f"--dataset {name} needs --data-dir DIR with {info['layout']} (or add --download)")
-    root = Path(data_dir).expanduser()
-    if not download and not root.is_dir():
-        raise UsageError(f"data dir {str(root)!r} does not exist; expected {info['layout']}")
     cls = getattr(tvd, info["cls"])
-    train = _split_is_train(split)
     try:
         if name == "stl10":
             return cls(str(root), split="train" if train else "test", transform=transform, download=download)
@@ -60,12 +53,39 @@ def build_torchvision_dataset(name: str, split: str, data_dir: str | os.PathLike
                          f"(add --download to fetch it)") from e
 
 
+def build_torchvision_dataset(name: str, split: str, data_dir: str | os.PathLike | None, transform,
+                              download: bool = False):
+    """A torchvision data set from ``data_dir``: 'test' is its official test split; 'train' and 'val' are the
+    fixed stratified 85/15 carve of its training split (:func:`pdenets.datasets.splits.carve_validation`)."""
+    from torch.utils.data import Subset
+
+    from pdenets.datasets.splits import carve_validation
+
+    info = TORCHVISION_SETS[name]
+    if data_dir is None:
+        raise UsageError(f"--dataset {name} needs --data-dir DIR with {info['layout']} (or add --download)")
+    root = Path(data_dir).expanduser()
+    if not download and not root.is_dir():
+        raise UsageError(f"data dir {str(root)!r} does not exist; expected {info['layout']}")
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    ds = _torchvision(name, root, split != "test", transform, download)
+    if split == "test":
+        return ds
+    targets = _targets(ds)
+    train, val = carve_validation(range(len(targets)), targets)
+    return Subset(ds, train if split == "train" else val)
+
+
 def build_imagefolder(path: str | os.PathLike, split: str, transform):
-    """``torchvision.datasets.ImageFolder`` on PATH/train (split 'train') or PATH/val ('val'/'test')."""
+    """``torchvision.datasets.ImageFolder``: 'train' is PATH/train, 'val' is PATH/val, and 'test' is
+    PATH/test if it exists, else PATH/val (then the test score is not independent of model selection)."""
     import torchvision.datasets as tvd
 
     root = Path(path).expanduser()
-    sub = "train" if _split_is_train(split) else "val"
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    sub = "test" if split == "test" and (root / "test").is_dir() else ("train" if split == "train" else "val")
     folder = root / sub
     if not folder.is_dir():
         raise UsageError(f"image folder {str(folder)!r} does not exist; expected {IMAGEFOLDER_LAYOUT}")

@@ -73,6 +73,17 @@ class PDEUnit(nn.Module):
         """The layers holding θ_j (used by the regularisers and by shallow-to-deep refinement)."""
         raise NotImplementedError
 
+    def layer_parameters(self) -> list[list[torch.Tensor]]:
+        """θ_0, …, θ_{steps−1} in time for every parameter of the step layers (K, bias, normalisation), one list
+        per parameter; θ¹ and θ² of a Hamiltonian unit are separate sequences. What the smoothness-in-time
+        regularisers of :mod:`pdenets.regularizers` see (Ruthotto–Haber Eq. (11))."""
+        per_step = [self.step_layers(j) for j in range(self.steps)]
+        seqs: list[list[torch.Tensor]] = []
+        for k in range(len(per_step[0])):
+            in_time = [list(layers[k].parameters()) for layers in per_step]
+            seqs.extend(list(theta) for theta in zip(*in_time))
+        return seqs
+
     # ---- running it ------------------------------------------------------------------------------
     def integrate(self, x: torch.Tensor) -> State:
         """Final state of the plain (stored-activation) forward integration."""

@@ -14,8 +14,13 @@ convolutions:
 
 BatchNorm follows the depthwise conv (``bn_d``) and ends the branch (``bn_a``, γ initialised to zero),
 never on the 1×1 C branch. All convs are bias-free. Parameter counts reproduce Table 1 of the paper (see
-DESIGN.md §2 and ``tests/test_param_counts.py``). Notation: n input channels, o output channels,
+docs/design.md §2 and ``tests/test_param_counts.py``). Notation: n input channels, o output channels,
 m derivative channels per input channel (4, or 6 for "x6"), s the stride.
+
+Every block also declares how it touches the residual stream (:meth:`QLBlock.stream_spec`,
+:mod:`pdenets.layers.stream`): which 1×1 maps read it (W → W T⁻¹) or write it (A → T A), which operations read
+or write it channel by channel (forcing a monomial T, with the rule the internal channels follow), and how its
+BatchNorms fold. :mod:`pdenets.symmetry` works from these declarations only (docs/design.md §3).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from timm.layers import DropPath
 from pdenets.layers.activations import create_act
 from pdenets.layers.derivative import DerivativeConv
 from pdenets.layers.fused import conv_bn, fused_derivative_bn, to_direction_major
+from pdenets.layers.stream import BlockSpec, BNFold, Channels, Touch
 from pdenets.layers.varcoef import CoordinateCoefficients
 
 
@@ -146,6 +152,29 @@ class QLBlock(nn.Module):
     def branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # ---- how the block touches the residual stream (docs/design.md §3) ---------------------------------------
+    def stream_touches(self) -> tuple[Touch, ...]:
+        """The touches of the branch F (subclasses): readers, writers, channelwise operations."""
+        return ()
+
+    def bn_folds(self) -> tuple[BNFold, ...]:
+        """How the branch's BatchNorms fold in eval mode (subclasses)."""
+        return ()
+
+    def _raw_read(self, reason: str, fan: int, layout: str = "grouped", **follow: tuple[str, ...]) -> Touch:
+        """D or a product reads the raw stream channel by channel: T must be monomial (docs/design.md §3)."""
+        return Touch("conv_d", "read_channelwise", reason=reason,
+                     channels=Channels("d", fan=fan, layout=layout, **follow))
+
+    def stream_spec(self) -> BlockSpec:
+        """The block's declaration: the branch's touches, then the skip (S → T_out S T_in⁻¹), the activation."""
+        touches, folds = self.stream_touches(), self.bn_folds()
+        if self.downsample is not None:
+            touches += (Touch("downsample.0", "read"),
+                        Touch("downsample.0", "write", bias="downsample.0.bias", bn="downsample.1"))
+            folds += (BNFold("downsample.0", "downsample.1"),)
+        return BlockSpec(touches, folds, acts=("act",), label=self.equation)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample is None:
             shortcut = x
@@ -184,11 +213,20 @@ class Eq3Block(QLBlock):
             return self._fused_a(x, x, self.conv_c, bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x)) * self.conv_c(x)))
 
+    def stream_touches(self) -> tuple[Touch, ...]:
+        """D reads u_j into channels m·j + d (kernels ÷ λ_j); C → C T⁻¹ and its rows, A's columns follow them."""
+        return (self._raw_read("depthwise D reads the raw stream", self.multiplier, kernels=("conv_d",),
+                               rows=("conv_c",), cols=("conv_a",)),
+                Touch("conv_c", "read"), Touch("conv_a", "write", bias="conv_a.bias", bn="bn_a"))
+
+    def bn_folds(self) -> tuple[BNFold, ...]:
+        return (BNFold("conv_d", "bn_d", "depthwise"), BNFold("conv_a", "bn_a"))
+
 
 class Eq3PBlock(Eq3Block):
     """Eq. (3) with a 1×1 premix P: F(u) = BN(A [ BN(D P u) ⊙ (C u) ]).
 
-    Why it exists (DESIGN.md §3): in Eq. (3) as written the depthwise conv D reads the residual stream
+    Why it exists (docs/design.md §3): in Eq. (3) as written the depthwise conv D reads the residual stream
     channel by channel, so a change of basis u → T u of the stream only leaves the output unchanged for
     monomial T (permutation × diagonal). Reading the stream only through learned linear maps (P, C and
     the skip) makes the paper's §4 symmetry exact: P → P T⁻¹, C → C T⁻¹, A → T A keeps the function for
@@ -206,11 +244,16 @@ class Eq3PBlock(Eq3Block):
             return self._fused_a(self.conv_p(x), x, self.conv_c, bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(self.conv_p(x))) * self.conv_c(x)))
 
+    def stream_touches(self) -> tuple[Touch, ...]:
+        """Only 1×1 maps touch the stream: P → P T⁻¹, C → C T⁻¹, A → T A for every T (GL)."""
+        return (Touch("conv_p", "read", gauge=True), Touch("conv_c", "read"),
+                Touch("conv_a", "write", bias="conv_a.bias", bn="bn_a"))
+
 
 class Eq4Block(QLBlock):
     """Eq. (4): ∂u_i/∂t = Σ_k C_ik u_k Σ_j A_ij ∂u_j/∂x + Σ_k D_ik u_k Σ_j B_ij ∂u_j/∂y.
 
-    The mixing A acts on the derivatives before the product (design 4a of DESIGN.md):
+    The mixing A acts on the derivatives before the product (design 4a of docs/design.md §2):
     F(u) = BN( A[BN(D u)] ⊙ (C u) ), D: n → mn (stride s), A: 1×1 mn → o, C: 1×1 n → o (stride s),
     product in o channels.
     """
@@ -232,10 +275,22 @@ class Eq4Block(QLBlock):
             return self.bn_a(self._fused_a(x) * self.conv_c(x))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x))) * self.conv_c(x))
 
+    def stream_touches(self) -> tuple[Touch, ...]:
+        """D reads the raw stream (A's columns follow it); the product A[D u] ⊙ C u lies in the output channels:
+        T_out monomial (Π, μ), A → T_out A, C → Π C T_in⁻¹, the kept BN shift b → T_out b."""
+        return (self._raw_read("depthwise D reads the raw stream", self.multiplier, kernels=("conv_d",),
+                               cols=("conv_a",)),
+                Touch("conv_c", "read"), Touch("conv_a", "write", bias="bn_a.bias", bn="bn_a"),
+                Touch("product", "write_channelwise", channels=Channels("out", rows=("conv_c",)),
+                      reason="A(Du) ⊙ Cu is a product in the stream channels"))
+
+    def bn_folds(self) -> tuple[BNFold, ...]:
+        return (BNFold("conv_d", "bn_d", "depthwise"), BNFold("conv_a", "bn_a", "product"))
+
 
 class Eq5Block(QLBlock):
     """Eq. (5): ∂u_i/∂t = Σ_k C_ik u_k ∂u_i/∂x + Σ_k D_ik u_k ∂u_i/∂y — each u_i sees only its own
-    derivatives (design 5a of DESIGN.md; the paper leaves the layout open).
+    derivatives (design 5a of docs/design.md §2; the paper leaves the layout open).
 
     F(u) = S[ BN(D u) ⊙ (C u) ] with D: n → mn (stride s), C: 1×1 n → mn (stride s), and S the
     parameter-free sum of each group of mn/o consecutive channels (the m directions of one u_i when
@@ -265,6 +320,19 @@ class Eq5Block(QLBlock):
         n, _, h, w = y.shape
         return y.view(n, self.out_chs, self.group, h, w).sum(2)
 
+    def stream_touches(self) -> tuple[Touch, ...]:
+        """D reads u_j into channels m·j + d, and the fixed sum writes groups of g = m·n/o of them into output
+        i: both permutations act on the same m·n channels, so T_out's is lifted from T_in's; the rows of C
+        take T_out's scales μ_i (C → μ ⊙ C T_in⁻¹, rows moved)."""
+        return (self._raw_read("depthwise D reads the raw stream", self.multiplier, kernels=("conv_d",),
+                               rows=("conv_c",)),
+                Touch("conv_c", "read"),
+                Touch("sum", "write_channelwise", channels=Channels("d", fan=self.group, scale_rows=("conv_c",)),
+                      reason="the fixed sum S writes the stream channel by channel"))
+
+    def bn_folds(self) -> tuple[BNFold, ...]:
+        return (BNFold("conv_d", "bn_d", "depthwise"),)
+
 
 class Eq6Block(QLBlock):
     """Eq. (6): ∂u_i/∂t = Σ_j A_ij ∂/∂x Σ_k C_jk u_j u_k + Σ_j B_ij ∂/∂y Σ_k C_jk u_j u_k
@@ -290,6 +358,17 @@ class Eq6Block(QLBlock):
         if self.use_fused:
             return self._fused_a(x * self.conv_c(x), bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x * self.conv_c(x)))))
+
+    def stream_touches(self) -> tuple[Touch, ...]:
+        """w = u ⊙ C u: C's rows follow T's permutation, so w → T w (monomial T); D then reads w channel by
+        channel exactly as Eq. (3)'s D reads u (kernels ÷ λ_j, A's columns follow)."""
+        return (Touch("product", "read_channelwise", reason="u ⊙ C u multiplies the raw stream",
+                      channels=Channels("w", rows=("conv_c",))),
+                self._raw_read("", self.multiplier, kernels=("conv_d",), cols=("conv_a",)),
+                Touch("conv_c", "read"), Touch("conv_a", "write", bias="conv_a.bias", bn="bn_a"))
+
+    def bn_folds(self) -> tuple[BNFold, ...]:
+        return (BNFold("conv_d", "bn_d", "depthwise"), BNFold("conv_a", "bn_a"))
 
 
 class Eq7Block(QLBlock):
@@ -321,6 +400,16 @@ class Eq7Block(QLBlock):
         if self.use_fused:
             return self._fused_a(w, bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(w))))
+
+    def stream_touches(self) -> tuple[Touch, ...]:
+        """w_{(a, j)} = u_j (C^a u)_j: channel a·n + j follows u_j (layout 'tiled'); C's rows, D's channels
+        (kernels ÷ λ_j) and A's columns move with it."""
+        return (self._raw_read("u ⊙ C u multiplies the raw stream", self.multiplier, layout="tiled",
+                               kernels=("conv_d",), rows=("conv_c",), cols=("conv_a",)),
+                Touch("conv_c", "read"), Touch("conv_a", "write", bias="conv_a.bias", bn="bn_a"))
+
+    def bn_folds(self) -> tuple[BNFold, ...]:
+        return (BNFold("conv_d", "bn_d", "depthwise"), BNFold("conv_a", "bn_a"))
 
 
 BLOCKS: dict[str, type[QLBlock]] = {

@@ -30,7 +30,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from pdenets.layers.activations import create_act, parse_act_spec
 from pdenets.layers.derivative import check_padding_mode
 from pdenets.layers.fused import conv_bn
-from pdenets.layers.ql_blocks import BLOCKS, create_block
+from pdenets.layers.ql_blocks import BLOCKS, QLBlock, create_block
+from pdenets.layers.stream import MONO, POS, BNFold, SegmentBound, StreamBlock, StreamSpec, Touch
 from pdenets.models.common import TimmClassifierMixin
 from pdenets.models.registry import register_image_model
 
@@ -43,7 +44,9 @@ class QLNet(TimmClassifierMixin, nn.Module):
     """Quasi-linear hyperbolic ConvNet (Liu-Shao-Bai). One configurable class; see module docstring.
 
     Args:
-        block: equation of the blocks: 'eq3', 'eq3p', 'eq4', 'eq5', 'eq6' or 'eq7'.
+        block: equation of the blocks: 'eq3', 'eq3p', 'eq4', 'eq5', 'eq6' or 'eq7' — or a
+            :class:`~pdenets.layers.ql_blocks.QLBlock` subclass (called as ``cls(in_chs, out_chs, stride, **kw)``;
+            it declares its own stream touches, so the symmetry tools apply to it unchanged).
         layers: blocks per stage.  widths: stream width of each stage.
         num_classes: classifier outputs (0 for no classifier).  in_chans: input image channels.
         multiplier: derivative channels per input channel (4, or 6 for "x6").
@@ -66,7 +69,7 @@ class QLNet(TimmClassifierMixin, nn.Module):
 
     def __init__(
         self,
-        block: str = "eq3",
+        block: str | type[QLBlock] = "eq3",
         layers: Sequence[int] = (3, 4, 6, 3),
         widths: Sequence[int] = WIDTHS,
         num_classes: int = 1000,
@@ -86,7 +89,12 @@ class QLNet(TimmClassifierMixin, nn.Module):
         **block_kwargs: Any,
     ) -> None:
         super().__init__()
-        if block not in BLOCKS:
+        if isinstance(block, type) and issubclass(block, QLBlock):
+            block_cls: type[QLBlock] | None = block
+            block = block.equation or block.__name__
+        elif block in BLOCKS:
+            block_cls = None
+        else:
             raise ValueError(f"unknown equation/block {block!r}; expected one of {', '.join(BLOCKS)}")
         act, placement = parse_act_spec(act)
         act_placement = act_placement or placement
@@ -129,13 +137,11 @@ class QLNet(TimmClassifierMixin, nn.Module):
                 stride = 2 if (i > 0 and j == 0) else 1
                 is_ds = i > 0 and j == 0
                 block_act = act if (act_placement == "all" or is_ds) else "none"
-                blocks.append(
-                    create_block(
-                        block, in_chs, width, stride, multiplier=multiplier, weight_sharing=weight_sharing,
-                        act=block_act, radius=radius, padding_mode=padding_mode,
-                        zero_init_last=zero_init_last, drop_path=dpr[idx], **block_kwargs,
-                    )
-                )
+                kw = dict(multiplier=multiplier, weight_sharing=weight_sharing, act=block_act, radius=radius,
+                          padding_mode=padding_mode, zero_init_last=zero_init_last, drop_path=dpr[idx],
+                          **block_kwargs)
+                blocks.append(block_cls(in_chs, width, stride, **kw) if block_cls is not None
+                              else create_block(block, in_chs, width, stride, **kw))
                 in_chs, idx = width, idx + 1
             if i > 0:
                 reduction *= 2
@@ -149,6 +155,26 @@ class QLNet(TimmClassifierMixin, nn.Module):
     @property
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(len(self.layers))]
+
+    def stream_spec(self) -> StreamSpec:
+        """How the network touches its residual stream (docs/design.md §3): one segment per stage; the first block
+        of stages 2-4 reads the previous stage's segment and writes its own (through its stride-2 skip); the stem
+        conv writes segment 0, bounded by the stem's ReLU (+ max-pool) to positive monomials; the final
+        activation acts on, and the classifier reads (W → W T⁻¹, after the average pool, which commutes with T),
+        the last segment. The blocks declare the rest (:meth:`~pdenets.layers.ql_blocks.QLBlock.stream_spec`)."""
+        n = len(self.layers)
+        blocks = tuple(StreamBlock(f"layer{i + 1}.{j}", i - 1 if (i > 0 and j == 0) else i, i)
+                       for i, stage in enumerate(self.stages) for j in range(len(stage)))
+        touches: list[tuple[int, Touch]] = [(0, Touch("conv1", "write", bias="conv1.bias", bn="bn1"))]
+        if not isinstance(self.fc, nn.Identity):
+            touches.append((n - 1, Touch("fc", "read", gauge=True)))
+        pooled = not isinstance(self.maxpool, nn.Identity)
+        bounds = [SegmentBound(0, frozenset({MONO, POS}), "stem ReLU + max-pool" if pooled else "stem ReLU")]
+        if "max" in str(getattr(self.global_pool, "pool_type", "avg")):  # max over pixels: positive monomials only
+            bounds.append(SegmentBound(n - 1, frozenset({MONO, POS}), "global max-pool"))
+        return StreamSpec(tuple(f"stage{i + 1}" for i in range(n)), blocks, tuple(touches),
+                          acts=((n - 1, "final_act", "final"),), bounds=tuple(bounds),
+                          folds=(BNFold("conv1", "bn1"),), stem="imagenet" if pooled else "small")
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -199,7 +225,7 @@ def _create_qlnet(variant: str, pretrained: bool = False, **kwargs: Any) -> QLNe
     )
 
 
-# Table 1 rows: name suffix -> block arguments. Activation defaults to softball@ds (DESIGN.md §2).
+# Table 1 rows: name suffix -> block arguments. Activation defaults to softball@ds (docs/design.md §2).
 VARIANTS: dict[str, dict[str, Any]] = {
     "eq3": dict(block="eq3"),
     "eq3p": dict(block="eq3p"),

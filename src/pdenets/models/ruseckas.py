@@ -26,6 +26,14 @@ The first step of the two-step scheme has no x⁽⁻¹⁾; we start it with x⁽
 All W̃, b̃ are initialised to zero (§4.4): the network starts as x ↦ x − γ̃ x³ per layer, whose signals
 and gradients decay only as a power law (Eqs. 87, 90). γ̃ is one scalar, fixed (a buffer) or learnable.
 
+Training needs, as model-side options that every trainer applies (:class:`pdenets.train.trainer.Trainer`):
+
+* :meth:`~_OdeStack.param_lr_scales` — ``{'gamma': gamma_lr_scale}`` for a learnable γ̃: ∂𝓛/∂γ̃ sums over
+  all L layers (Eq. 71), so with a shared learning rate γ̃ would move L times faster than any one layer's
+  parameters (constructor option ``gamma_lr_scale``; the registered models' defaults are those of the
+  README's runs: 0.001 for model 1, 0.1 for the conv net);
+* :meth:`~_OdeStack.constrain_` — clamps γ̃ ≥ 0 (a friction, Eq. 52: γ > 0) after every optimizer step.
+
 Registered models (``pdenets.create_model``):
 
 ==========================  ======================================================  ==========
@@ -80,14 +88,18 @@ class _OdeStack(nn.Module):
     weight: nn.Parameter
     bias: nn.Parameter
 
-    def _init_common(self, depth: int, gamma: float, learn_gamma: bool, mu: float, scheme: str) -> None:
+    def _init_common(self, depth: int, gamma: float, learn_gamma: bool, mu: float, scheme: str,
+                     gamma_lr_scale: float = 1.0) -> None:
         if depth < 1:
             raise ValueError(f"depth (number of layers L) must be positive, got {depth}")
         if mu < 1:
             raise ValueError(f"nonlinearity exponent mu must be >= 1 (Eq. 57 uses mu > 1), got {mu}")
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+        if not gamma_lr_scale > 0:
+            raise ValueError(f"gamma_lr_scale must be positive, got {gamma_lr_scale}")
         self.depth = depth
+        self.gamma_lr_scale = float(gamma_lr_scale)
         self.mu = float(mu)
         self.scheme = scheme
         self.learn_gamma = learn_gamma
@@ -100,6 +112,17 @@ class _OdeStack(nn.Module):
             self.k = nn.Parameter(torch.zeros(max(depth - 1, 0)))
         else:
             self.k = None
+
+    # -- training options (read by the trainer) ----------------------------------------------------
+    def param_lr_scales(self) -> dict[str, float]:
+        """Learning-rate factors by parameter name: γ̃'s ``gamma_lr_scale`` when γ̃ is learnable."""
+        return {"gamma": self.gamma_lr_scale} if self.learn_gamma else {}
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Keep γ̃ ≥ 0 (called after every optimizer step)."""
+        if self.learn_gamma:
+            self.gamma.clamp_(min=0)
 
     # -- one layer --------------------------------------------------------------------------------
     def affine(self, layer: int, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -160,6 +183,7 @@ class OdeNet(_OdeStack):
         scheme: ``'euler'`` (Eq. 109) or ``'lm2'`` (Eq. 111, trainable k_l).
         head: ``'softmax'`` over the final state or ``'sigmoid'`` of one coordinate.
         head_index: the coordinate k of the sigmoid head (default: the last, x₃ in R³).
+        gamma_lr_scale: learning-rate factor of a learnable γ̃ (see :meth:`param_lr_scales`).
     """
 
     def __init__(
@@ -174,6 +198,7 @@ class OdeNet(_OdeStack):
         scheme: str = "euler",
         head: str = "softmax",
         head_index: int = -1,
+        gamma_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         width = in_features if width is None else width
@@ -196,7 +221,7 @@ class OdeNet(_OdeStack):
                 raise ValueError(f"num_classes={num_classes} is incompatible with the two-class sigmoid head: need 2")
             if not -width <= head_index < width:
                 raise ValueError(f"head_index={head_index} is out of range for width {width}")
-        self._init_common(depth, gamma, learn_gamma, mu, scheme)
+        self._init_common(depth, gamma, learn_gamma, mu, scheme, gamma_lr_scale)
         self.in_features = in_features
         self.width = width
         self.num_classes = num_classes
@@ -240,6 +265,7 @@ class OdeConvNet(_OdeStack):
             zero-pads).
         global_pool: ``'max'`` (the paper) or ``'avg'``.
         pretrained: accepted for timm compatibility; there are no pretrained weights.
+        gamma_lr_scale: learning-rate factor of a learnable γ̃ (see :meth:`param_lr_scales`).
     """
 
     def __init__(
@@ -256,6 +282,7 @@ class OdeConvNet(_OdeStack):
         padding_mode: str = "zeros",
         global_pool: str = "max",
         img_size: int = 28,
+        gamma_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if channels < 1:
@@ -274,7 +301,7 @@ class OdeConvNet(_OdeStack):
             raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
         if global_pool not in ("max", "avg"):
             raise ValueError(f"global_pool must be 'max' or 'avg', got {global_pool!r}")
-        self._init_common(depth, gamma, learn_gamma, mu, scheme)
+        self._init_common(depth, gamma, learn_gamma, mu, scheme, gamma_lr_scale)
         self.padding_mode = check_padding_mode(padding_mode)
         self.in_chans = in_chans
         self.channels = channels
@@ -324,8 +351,8 @@ class OdeConvNet(_OdeStack):
 
 @register_model
 def ruseckas_circles_r2(num_classes: int = 2, in_features: int = 2, **kwargs: Any) -> OdeNet:
-    """Model 1 of §5.1: R², L = 100, learnable γ̃ (init 0), softmax of x⁽ᴸ⁾ — 601 parameters."""
-    args: dict[str, Any] = dict(width=2, depth=100, gamma=0.0, learn_gamma=True, head="softmax")
+    """Model 1 of §5.1: R², L = 100, learnable γ̃ (init 0, lr factor 0.001), softmax of x⁽ᴸ⁾ — 601 parameters."""
+    args: dict[str, Any] = dict(width=2, depth=100, gamma=0.0, learn_gamma=True, head="softmax", gamma_lr_scale=1e-3)
     args.update(kwargs)
     return OdeNet(in_features=in_features, num_classes=num_classes, **args)
 
@@ -351,8 +378,8 @@ default_cfgs = generate_default_cfgs({"ruseckas_conv_mnist": _cfg()})
 
 @register_image_model
 def ruseckas_conv_mnist(pretrained: bool = False, **kwargs: Any) -> OdeConvNet:
-    """§5.2: C = 10, L = 20, 3×3 convs, learnable γ̃, global max pool — (3·3·10·10 + 10)·20 + 1 = 18201
+    """§5.2: C = 10, L = 20, 3×3 convs, learnable γ̃ (lr factor 0.1), global max pool — (3·3·10·10 + 10)·20 + 1 = 18201
     parameters. ``in_chans``, ``num_classes`` (≤ C), ``channels``, ``depth``, ``padding_mode`` … adjustable."""
-    args: dict[str, Any] = dict(channels=10, depth=20, gamma=0.0, learn_gamma=True)
+    args: dict[str, Any] = dict(channels=10, depth=20, gamma=0.0, learn_gamma=True, gamma_lr_scale=0.1)
     args.update(kwargs)
     return build_model_with_cfg(OdeConvNet, "ruseckas_conv_mnist", pretrained=False, **args)

@@ -24,7 +24,7 @@ from pdenets.pde.classic import (
     grid_coordinates,
     rotation_resnet,
 )
-from pdenets.utils.plotting import save_figure
+from pdenets.utils.plotting import save_figure, subplots
 
 EQUATIONS = ("heat", "wave", "rotation", "dilation")
 
@@ -160,22 +160,13 @@ def _colorize(frames: list[np.ndarray], equation: str) -> list[np.ndarray]:
 
 def run_demo(
     equation: str, image: str | None, out_dir: str | Path, frames: int = 8, size: int = 128,
-    padding_mode: str | None = None, threads: int = 1,
+    padding_mode: str | None = None,
 ) -> DemoResult:
     """Simulate, then write ``OUT/<equation>.gif`` (animated) and ``OUT/<equation>_strip.png`` (the frames)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from PIL import Image
 
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
-    try:
-        img = load_image(image, size)
-        raw, times, blocks = simulate(equation, img, frames, padding_mode)
-    finally:
-        torch.set_num_threads(old_threads)
+    img = load_image(image, size)
+    raw, times, blocks = simulate(equation, img, frames, padding_mode)
     rgb = _colorize(raw, equation)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +177,7 @@ def run_demo(
         pil = [p.resize((p.width * scale, p.height * scale), Image.NEAREST) for p in pil]
     pil[0].save(gif, save_all=True, append_images=pil[1:], duration=400, loop=0)
     png = out / f"{equation}_strip.png"
-    fig, axes = plt.subplots(1, len(rgb), figsize=(1.9 * len(rgb), 2.2))
+    fig, axes = subplots(1, len(rgb), figsize=(1.9 * len(rgb), 2.2))
     for ax, f, t, b in zip(np.atleast_1d(axes), rgb, times, blocks):
         ax.imshow(f, interpolation="nearest")
         ax.set_title(f"t = {t:.3g}\n{b} blocks", fontsize=8)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pdenets.utils.plotting import save_figure
+from pdenets.utils.plotting import save_figure, subplots
 
 OPERATORS: tuple[str, ...] = ("1", "∂x", "∂y", "∂x²", "∂y²", "∂x∂y", "∂x²∂y", "∂x∂y²", "∂x²∂y²")
 """The nine operators, in the order of the coefficient vectors of this module (Ruthotto-Haber's β1..β9)."""
@@ -169,17 +169,20 @@ class KernelRow:
 
 
 def derivative_kernels(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """(module name, stored m×1×3×3 kernel) of every 3×3 :class:`~pdenets.layers.derivative.DerivativeConv`.
+    """(module name, stored m×1×3×3 kernel) of every 3×3 derivative conv: every module with a
+    ``derivative_stencils()`` method (:class:`~pdenets.layers.derivative.DerivativeConv`, and its BN-folded
+    form in folded, compressed or teleported models).
 
     With weight sharing that is the shared m×1×3×3 parameter of each QL block; without, one kernel per
     output channel.
     """
-    from pdenets.layers.derivative import DerivativeConv
-
     out = []
     for name, mod in model.named_modules():
-        if isinstance(mod, DerivativeConv) and tuple(mod.weight.shape[-2:]) == (3, 3):
-            out.append((name, mod.weight.detach().to("cpu", torch.float64)))
+        stencils = getattr(mod, "derivative_stencils", None)
+        if callable(stencils):
+            w = stencils()
+            if tuple(w.shape[-2:]) == (3, 3):
+                out.append((name, w.detach().to("cpu", torch.float64)))
     return out
 
 
@@ -215,11 +218,6 @@ def format_report(rows: list[KernelRow], max_rows: int | None = None) -> str:
 
 def plot_report(rows: list[KernelRow], path: str, title: str = "", max_rows: int = 96) -> None:
     """Figure: the stencils, their operator coefficients (heat map) and order shares (stacked bars)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not rows:
         raise ValueError("no derivative kernels to plot")
     if len(rows) > max_rows:  # e.g. a no-ws model has one kernel per channel: show the first ones
@@ -230,7 +228,7 @@ def plot_report(rows: list[KernelRow], path: str, title: str = "", max_rows: int
     coef = np.stack([r.coefficients for r in rows])
     shares = np.stack([r.shares for r in rows])
     fig_h = max(3.0, 0.22 * n + 1.5)
-    fig, (ax_c, ax_s) = plt.subplots(1, 2, figsize=(12, fig_h), gridspec_kw=dict(width_ratios=[3, 2]))
+    fig, (ax_c, ax_s) = subplots(1, 2, figsize=(12, fig_h), gridspec_kw=dict(width_ratios=[3, 2]))
     vmax = float(np.abs(coef).max()) or 1.0
     im = ax_c.imshow(coef, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
     ax_c.set_xticks(range(9), OPERATORS)

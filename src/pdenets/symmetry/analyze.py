@@ -1,4 +1,4 @@
-"""Group analysis of a QL-ConvNet: for every residual-stream segment, its width and its exact group.
+"""Group analysis of a residual network: for every residual-stream segment, its width and its exact group.
 
 A *segment* is the stretch of the residual stream that one change of basis T acts on. Identity skips carry
 the basis unchanged from block to block, so a segment is a whole stage: it starts at the stem (stage 1) or at
@@ -8,34 +8,32 @@ commutes with T). With ``act_placement='all'`` the activations at every block en
 segment: an identity skip around an activation forces the same T on both sides, so they constrain the
 segment's group instead of starting new segments.
 
-The group is the intersection of the constraints of everything that touches the segment
-(:mod:`pdenets.symmetry.groups`, DESIGN.md §3):
+Nothing here knows a block or a layer name: the model declares its segments, stem, final activation and
+classifier (``model.stream_spec()``, :class:`~pdenets.layers.stream.StreamSpec`) and every block how it touches
+the stream (``block.stream_spec()``, :class:`~pdenets.layers.stream.BlockSpec`). The group is the intersection
+of the constraints of everything that touches the segment (:mod:`pdenets.symmetry.groups`, docs/design.md §3):
 
-* the stem's ReLU + max-pool (stage 1): permutation × positive diagonal;
+* network-level bounds (the stem's ReLU + max-pool on stage 1: permutation × positive diagonal);
 * every activation applied to the segment's channels: radial → O, hardtanh → signed permutations,
   ReLU → positive monomial, none → GL;
-* blocks that read the stream only through learned 1×1 maps (``eq3p``: P, C; the skip S) → GL;
-* blocks that read the raw stream channel by channel (Eq. 3's depthwise D, Eq. 4's D, Eq. 5's D, the
-  elementwise products u ⊙ C u of Eqs. 6-7) → monomial; Eq. (4)'s product in the output channels and
-  Eq. (5)'s fixed sum S also force a monomial T on the segment they write. Eq. (5)'s fixed sum ties output
-  channel i to input channel ⌊i·g/m⌋, so the permutation of the segment written by an Eq. (5) stride-2
-  block is lifted from the previous one (``coupled_from``).
+* 1×1 readers and writers (``eq3p``'s P, C, A; the skip S; the classifier) → nothing (GL);
+* channelwise readers (Eqs. 3-5's depthwise D on the raw stream, the products u ⊙ C u of Eqs. 6-7) →
+  monomial on the segment read; channelwise writers (Eq. (4)'s product, Eq. (5)'s fixed sum) → monomial on
+  the segment written. A block whose internal channels are both read and written channel by channel (Eq. (5))
+  ties the permutation of the segment it writes to the one it reads (``coupled_from``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn as nn
 
-from pdenets.layers.ql_blocks import QLBlock
+from pdenets.layers.stream import MONO, POS, BlockSpec, StreamSpec, Touch
 from pdenets.symmetry.groups import ACT_CONSTRAINTS, group_dim, group_name
 
-RAW_READERS = {"eq3": "depthwise D reads the raw stream", "eq4": "depthwise D reads the raw stream",
-               "eq5": "depthwise D reads the raw stream", "eq6": "u ⊙ C u multiplies the raw stream",
-               "eq7": "u ⊙ C u multiplies the raw stream"}
-RAW_WRITERS = {"eq4": "A(Du) ⊙ Cu is a product in the stream channels",
-               "eq5": "the fixed sum S writes the stream channel by channel"}
+__all__ = ["Analysis", "BlockInfo", "Segment", "analyze", "stream_spec"]
 
 
 @dataclass
@@ -45,6 +43,10 @@ class BlockInfo:
     seg_in: int
     seg_out: int
     has_skip_conv: bool
+    spec: BlockSpec = field(default_factory=lambda: BlockSpec(()))
+
+    def touches(self, role: str) -> list[Touch]:
+        return [t for t in self.spec.touches if t.role == role]
 
 
 @dataclass
@@ -58,11 +60,12 @@ class Segment:
     constraints: frozenset[str]
     acts: list[str] = field(default_factory=list)
     coupled_from: int | None = None
+    fixed: list[str] = field(default_factory=list)  # gauge-fixed readers: only the stabiliser is left
 
     @property
     def compressible(self) -> bool:
         """Readers and writers are all linear maps and T may rotate (GL or O): width reduction applies."""
-        return "mono" not in self.constraints and "pos" not in self.constraints
+        return MONO not in self.constraints and POS not in self.constraints
 
 
 @dataclass
@@ -72,10 +75,15 @@ class Analysis:
     blocks: list[BlockInfo]
     stem: str
     has_fc: bool
+    spec: StreamSpec | None = None
 
     @property
     def total_dim(self) -> int:
         return sum(s.dim for s in self.segments)
+
+    def model_touches(self, seg: int, role: str) -> list[Touch]:
+        """Network-level touches (stem, classifier) of segment ``seg`` with ``role``."""
+        return [t for i, t in (self.spec.touches if self.spec else ()) if i == seg and t.role == role]
 
     def table(self) -> str:
         rows = [f"{'seg':<4}{'name':<9}{'width':>6}  {'group':<19}{'dim G':>8}  reason"]
@@ -95,76 +103,117 @@ def _act_name(mod: nn.Module) -> str:
     return "none"
 
 
-def _stream_width(model: nn.Module, stage: int) -> int:
-    if stage == 0:
-        return model.conv1.weight.shape[0]
-    blk = model.stages[stage][0]
-    if blk.downsample is not None:
-        return blk.downsample[0].weight.shape[0]
-    return blk.out_chs
+def stream_spec(model: nn.Module) -> StreamSpec:
+    """The model's declaration of its residual stream (``model.stream_spec()``), or a ``ValueError``."""
+    fn = getattr(model, "stream_spec", None)
+    if not callable(fn):
+        raise ValueError(f"analyze expects a model that declares its residual stream (a stream_spec() method, "
+                         f"e.g. a pdenets QLNet), got {type(model).__name__}")
+    return fn()
+
+
+def _weight(model: nn.Module, path: str) -> torch.Tensor | None:
+    w = getattr(model.get_submodule(path), "weight", None) if path else None
+    return w if isinstance(w, torch.Tensor) else None
+
+
+def _segment_width(model: nn.Module, a: Analysis, seg: int) -> int:
+    """Rows of the first 1×1 writer of the segment (they change under compression), else the block's o."""
+    for t in a.model_touches(seg, "write"):
+        if (w := _weight(model, t.module)) is not None:
+            return w.shape[0]
+    for b in a.blocks:
+        if b.seg_out == seg:
+            for t in b.touches("write"):
+                if (w := _weight(model, f"{b.name}.{t.module}")) is not None:
+                    return w.shape[0]
+            return int(model.get_submodule(b.name).out_chs)
+    raise ValueError(f"segment {seg} has no writer")
+
+
+def _block_infos(model: nn.Module, spec: StreamSpec) -> list[BlockInfo]:
+    out = []
+    for sb in spec.blocks:
+        blk = model.get_submodule(sb.path)
+        if not callable(getattr(blk, "stream_spec", None)):
+            raise ValueError(f"{sb.path} is not a QL block ({type(blk).__name__}): it declares no stream_spec()")
+        bs = blk.stream_spec()
+        label = bs.label or getattr(blk, "equation", "") or type(blk).__name__
+        out.append(BlockInfo(sb.path, label, sb.seg_in, sb.seg_out, getattr(blk, "downsample", None) is not None,
+                             bs))
+    return out
+
+
+def _constraints(model: nn.Module, a: Analysis) -> tuple[list[set[str]], list[list[str]], list[list[str]],
+                                                         list[int | None]]:
+    """Per segment: constraints, reasons, activations, and the segment its permutation is lifted from."""
+    n = len(a.spec.segments)
+    cons: list[set[str]] = [set() for _ in range(n)]
+    why: list[list[str]] = [[] for _ in range(n)]
+    acts: list[list[str]] = [[] for _ in range(n)]
+    couple: list[int | None] = [None] * n
+    for bd in a.spec.bounds:
+        cons[bd.segment] |= bd.constraints
+        why[bd.segment].append(bd.reason)
+    for b in a.blocks:
+        for t in b.spec.touches:
+            seg = b.seg_in if t.reads else b.seg_out
+            cons[seg] |= t.constraints
+            if t.channelwise and t.reason:
+                why[seg].append(f"{b.equation}: {t.reason}")
+        if b.spec.coupled() and b.seg_in != b.seg_out:
+            couple[b.seg_out] = b.seg_in
+        for act in b.spec.acts:
+            if (k := _act_name(model.get_submodule(f"{b.name}.{act}"))) != "none":
+                cons[b.seg_out] |= ACT_CONSTRAINTS[k]
+                acts[b.seg_out].append(f"{k}@{b.name}")
+    for seg, path, label in a.spec.acts:
+        if (k := _act_name(model.get_submodule(path))) != "none":
+            cons[seg] |= ACT_CONSTRAINTS[k]
+            acts[seg].append(f"{k}@{label}")
+    return cons, why, acts, couple
+
+
+def _gauge_fixed(model: nn.Module, a: Analysis, seg: int) -> list[str]:
+    """Gauge-fixable readers of ``seg`` that were already replaced (no plain weight left)."""
+    paths = [f"{b.name}.{t.module}" for b in a.blocks if b.seg_in == seg for t in b.touches("read") if t.gauge]
+    paths += [t.module for t in a.model_touches(seg, "read") if t.gauge]
+    return [p for p in paths if _weight(model, p) is None]
+
+
+def _reason(a: Analysis, i: int, why: list[str], acts: list[str], couple: int | None, fixed: list[str]) -> str:
+    reasons = list(dict.fromkeys(why))
+    if acts:
+        kinds = sorted({x.split("@")[0] for x in acts})
+        reasons.append(f"{'/'.join(kinds)} ×{len(acts)}")
+    else:
+        reasons.append("no activation (identity)" if i > 0 else "")
+    linear = sorted({b.equation for b in a.blocks if i in (b.seg_in, b.seg_out) and b.spec.linear})
+    if linear:
+        reasons.append(f"{'/'.join(linear)} read/write it via 1×1 maps")
+    if couple is not None:
+        reasons.append(f"permutation lifted from seg {couple}")
+    if fixed:
+        reasons.append(f"gauge already fixed at {fixed[0]} (only its stabiliser is left)")
+    return "; ".join(r for r in reasons if r)
 
 
 def analyze(model: nn.Module) -> Analysis:
-    """Per-segment group analysis of a QL-ConvNet (:class:`~pdenets.models.qlnet.QLNet`, folded or not)."""
-    if not hasattr(model, "stages") or not hasattr(model, "conv1"):
-        raise ValueError(f"analyze expects a QL-ConvNet (pdenets QLNet), got {type(model).__name__}")
-    n_seg = len(model.stages)
-    cons: list[set[str]] = [set() for _ in range(n_seg)]
-    why: list[list[str]] = [[] for _ in range(n_seg)]
-    acts: list[list[str]] = [[] for _ in range(n_seg)]
-    couple: list[int | None] = [None] * n_seg
-    cons[0] |= {"mono", "pos"}
-    why[0].append("stem ReLU + max-pool" if not isinstance(model.maxpool, nn.Identity) else "stem ReLU")
-    blocks: list[BlockInfo] = []
-    for si, stage in enumerate(model.stages):
-        for bi, blk in enumerate(stage):
-            if not isinstance(blk, QLBlock):
-                raise ValueError(f"layer{si + 1}.{bi} is not a QL block ({type(blk).__name__})")
-            seg_in = si - 1 if (si > 0 and bi == 0) else si
-            eq = blk.equation
-            blocks.append(BlockInfo(f"layer{si + 1}.{bi}", eq, seg_in, si, blk.downsample is not None))
-            if eq in RAW_READERS:
-                cons[seg_in].add("mono")
-                why[seg_in].append(f"{eq}: {RAW_READERS[eq]}")
-            if eq in RAW_WRITERS:
-                cons[si].add("mono")
-                why[si].append(f"{eq}: {RAW_WRITERS[eq]}")
-                if eq == "eq5" and seg_in != si:
-                    couple[si] = seg_in
-            a = _act_name(blk.act)
-            if a != "none":
-                cons[si] |= ACT_CONSTRAINTS[a]
-                acts[si].append(f"{a}@layer{si + 1}.{bi}")
-    fa = _act_name(model.final_act)
-    if fa != "none":
-        cons[-1] |= ACT_CONSTRAINTS[fa]
-        acts[-1].append(f"{fa}@final")
-    segments = []
-    for i in range(n_seg):
-        reasons = list(dict.fromkeys(why[i]))
-        if acts[i]:
-            kinds = sorted({a.split("@")[0] for a in acts[i]})
-            reasons.append(f"{'/'.join(kinds)} ×{len(acts[i])}")
-        else:
-            reasons.append("no activation (identity)" if i > 0 else "")
-        eqs = sorted({b.equation for b in blocks if b.seg_in == i or b.seg_out == i})
-        linear = [e for e in eqs if e not in RAW_READERS and e not in RAW_WRITERS]
-        if linear:
-            reasons.append(f"{'/'.join(linear)} read/write it via 1×1 maps")
-        if couple[i] is not None:
-            reasons.append(f"permutation lifted from seg {couple[i]}")
-        fixed = [b.name for b in blocks if b.seg_in == i and type(getattr(model.get_submodule(b.name), "conv_p",
-                 None)).__name__ in ("Trapezoid1x1", "Identity")]
-        if i == n_seg - 1 and type(getattr(model, "fc", None)).__name__ == "Trapezoid1x1":
-            fixed.append("fc")
-        if fixed:
-            reasons.append(f"gauge already fixed at {fixed[0]} (only its stabiliser is left)")
-        c = frozenset(cons[i])
-        g = group_name(c)
-        w = _stream_width(model, i)
-        segments.append(Segment(i, f"stage{i + 1}", w, g, group_dim(g, w), "; ".join(r for r in reasons if r),
-                                c, acts[i], couple[i]))
+    """Per-segment group analysis of a model that declares its stream (:class:`~pdenets.models.qlnet.QLNet`,
+    folded or not)."""
+    spec = stream_spec(model)
     name = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__) if hasattr(
         model, "default_cfg") else type(model).__name__
-    return Analysis(name, segments, blocks, "imagenet" if not isinstance(model.maxpool, nn.Identity) else "small",
-                    isinstance(getattr(model, "fc", None), nn.Linear))
+    a = Analysis(name, [], _block_infos(model, spec), spec.stem, False, spec)
+    last = len(spec.segments) - 1
+    a.has_fc = any(isinstance(model.get_submodule(t.module), nn.Linear) for t in a.model_touches(last, "read"))
+    cons, why, acts, couple = _constraints(model, a)
+    for i, seg_name in enumerate(spec.segments):
+        c = frozenset(cons[i])
+        g = group_name(c)
+        w = _segment_width(model, a, i)
+        fixed = _gauge_fixed(model, a, i)
+        reason = _reason(a, i, why[i], acts[i], couple[i], fixed)
+        dim = 0 if fixed else group_dim(g, w)  # the stabiliser of a fixed gauge is discrete
+        a.segments.append(Segment(i, seg_name, w, g, dim, reason, c, acts[i], couple[i], fixed))
+    return a

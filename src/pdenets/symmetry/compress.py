@@ -11,7 +11,8 @@ readers of the next stage. Segments bounded by the stem's ReLU or read channel b
 are not rotated.
 
 **Gauge fixing.** The group also lets one fix one matrix per segment: with T = Qᵀ from an LQ decomposition,
-the first reader P (of the first ``eq3p`` block reading the segment, else the classifier) becomes lower
+the first gauge-fixable reader P (declared ``Touch('read', gauge=True)``: the first ``eq3p`` block's P reading the
+segment, else the classifier) becomes lower
 trapezoidal, P T⁻¹ = L, removing the k·n − (entries of L) parameters above the diagonal (n(n−1)/2 for a square
 P); for a GL segment with a square invertible P, T = P turns it into the identity (n² parameters removed).
 
@@ -23,39 +24,54 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from pdenets.artifacts import add_edit
-from pdenets.symmetry.analyze import Analysis, analyze
+from pdenets.layers.stream import Touch
+from pdenets.symmetry.analyze import Analysis, Segment, analyze
 from pdenets.symmetry.fold import fold_bn, is_folded
 from pdenets.symmetry.transform import GroupElement, load_params, transformed_params
 
-__all__ = ["Trapezoid1x1", "compress_widths", "gauge_fix", "pca_compress", "pca_curve", "segment_writers",
-           "writer_matrix"]
+__all__ = ["Trapezoid1x1", "compress_widths", "gauge_fix", "pca_compress", "pca_curve", "rotatable",
+           "segment_writers", "writer_matrix"]
 
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def segment_writers(analysis: Analysis, seg: int, bn_names: bool = False) -> list[tuple[str, str | None]]:
-    """(weight name, bias name) of the 1×1 maps that write segment ``seg`` (seg ≥ 1; folded names, or the
-    unfolded (weight, BN) names with ``bn_names=True``)."""
-    out: list[tuple[str, str | None]] = []
+def _writer_touches(analysis: Analysis, seg: int) -> list[tuple[str, Touch]]:
+    """(prefix, touch) of the 1×1 maps that write segment ``seg``: the network's (stem), then the blocks' in
+    order. A block that also writes the segment channel by channel (Eq. (4)'s product, Eq. (5)'s sum)
+    contributes none: such a segment has a monomial group and no writer matrix to compress."""
+    out = [("", t) for t in analysis.model_touches(seg, "write")]
     for b in analysis.blocks:
-        if b.seg_out != seg or b.equation in ("eq4", "eq5"):
-            continue
-        if bn_names:
-            out.append((f"{b.name}.conv_a.weight", f"{b.name}.bn_a"))
-            if b.has_skip_conv:
-                out.append((f"{b.name}.downsample.0.weight", f"{b.name}.downsample.1"))
-        else:
-            out.append((f"{b.name}.conv_a.weight", f"{b.name}.conv_a.bias"))
-            if b.has_skip_conv:
-                out.append((f"{b.name}.downsample.0.weight", f"{b.name}.downsample.0.bias"))
+        if b.seg_out == seg and not b.touches("write_channelwise"):
+            out += [(b.name, t) for t in b.touches("write")]
     return out
+
+
+def _readers(analysis: Analysis, seg: int) -> list[str]:
+    """Paths of the 1×1 maps that read segment ``seg`` (blocks in order, then the network's: the classifier)."""
+    out = [f"{b.name}.{t.module}" for b in analysis.blocks if b.seg_in == seg for t in b.touches("read")]
+    return out + [t.module for t in analysis.model_touches(seg, "read")]
+
+
+def rotatable(analysis: Analysis, seg: int) -> bool:
+    """Whether segment ``seg`` may be rotated (GL or O: every reader and writer is a 1×1 map)."""
+    s = analysis.segments[seg]
+    return s.compressible and all(b.spec.linear for b in analysis.blocks if seg in (b.seg_in, b.seg_out))
+
+
+def segment_writers(analysis: Analysis, seg: int, bn_names: bool = False) -> list[tuple[str, str | None]]:
+    """(weight name, bias name) of the 1×1 maps that write segment ``seg`` (folded names, or the unfolded
+    (weight, BN) names with ``bn_names=True``), as the blocks declare them (``Touch(role='write')``)."""
+    join = lambda prefix, name: f"{prefix}.{name}" if prefix and name else name  # noqa: E731
+    return [(join(prefix, t.module) + ".weight", join(prefix, t.bn if bn_names else t.bias))
+            for prefix, t in _writer_touches(analysis, seg)]
 
 
 def writer_matrix(model: nn.Module, analysis: Analysis, seg: int) -> torch.Tensor:
@@ -64,12 +80,15 @@ def writer_matrix(model: nn.Module, analysis: Analysis, seg: int) -> torch.Tenso
     cols = []
     for w, b in segment_writers(analysis, seg):
         cols.append(p[w].detach().double().reshape(p[w].shape[0], -1))
-        cols.append(p[b].detach().double().reshape(-1, 1))
+        if b is not None:
+            cols.append(p[b].detach().double().reshape(-1, 1))
     return torch.cat(cols, 1)
 
 
 def _basis_change(model: nn.Module, analysis: Analysis, seg: int, u: torch.Tensor) -> dict[str, torch.Tensor]:
     """New tensors for the stream of ``seg`` expressed in the orthonormal columns of u (n × r)."""
+    if not rotatable(analysis, seg):
+        raise ValueError(f"segment {seg} is read or written channel by channel: cannot rotate it")
     p = dict(model.named_parameters())
     dt = next(iter(p.values())).dtype
     u = u.to(dt)
@@ -85,19 +104,11 @@ def _basis_change(model: nn.Module, analysis: Analysis, seg: int, u: torch.Tenso
 
     for w, b in segment_writers(analysis, seg):
         left(w)
-        left(b)
-    for blk in analysis.blocks:
-        if blk.seg_in != seg:
-            continue
-        if blk.equation != "eq3p":
-            raise ValueError(f"{blk.name} ({blk.equation}) reads the raw stream: cannot rotate segment {seg}")
-        for name in ("conv_p", "conv_c"):
-            if f"{blk.name}.{name}.weight" in p:
-                right(f"{blk.name}.{name}.weight")
-        if blk.has_skip_conv:
-            right(f"{blk.name}.downsample.0.weight")
-    if seg == len(analysis.segments) - 1 and analysis.has_fc:
-        right("fc.weight")
+        if b is not None:
+            left(b)
+    for path in _readers(analysis, seg):
+        if f"{path}.weight" in p:  # a gauge-fixed reader (no plain weight) is left alone
+            right(f"{path}.weight")
     return new
 
 
@@ -124,9 +135,7 @@ def compress_widths(model: nn.Module, rtol: float = 1e-6) -> tuple[nn.Module, li
     rows = []
     analysis = analyze(folded)
     for seg in analysis.segments:
-        if seg.index == 0 or not seg.compressible or any(
-            b.seg_in == seg.index and b.equation != "eq3p" for b in analysis.blocks
-        ):
+        if seg.index == 0 or not rotatable(analysis, seg.index):
             rows.append(SegmentCompression(seg.index, seg.width, seg.width, float("nan"), float("nan"), 0,
                                            note=f"not rotatable ({seg.group})"))
             continue
@@ -195,49 +204,55 @@ class GaugeRow:
     params_removed: int
 
 
+def _gauge_target(model: nn.Module, analysis: Analysis, seg: int) -> str | None:
+    """The first gauge-fixable reader of ``seg`` (``Touch(role='read', gauge=True)``) that is still a plain map:
+    the blocks' in order (``eq3p``'s P), then the network's (the classifier)."""
+    paths = [f"{b.name}.{t.module}" for b in analysis.blocks if b.seg_in == seg
+             for t in b.touches("read") if t.gauge]
+    paths += [t.module for t in analysis.model_touches(seg, "read") if t.gauge]
+    for path in paths:
+        if isinstance(model.get_submodule(path), (nn.Conv2d, nn.Linear)):
+            return path
+    return None
+
+
+def _fix_reader(model: nn.Module, analysis: Analysis, seg: Segment, name: str) -> tuple[nn.Module, GaugeRow]:
+    """Make reader ``name`` of ``seg`` lower trapezoidal (or the identity) by a group element."""
+    w = model.get_submodule(name).weight
+    p = w.detach().double().reshape(w.shape[0], w.shape[1])
+    k, n = p.shape
+    mod = model.get_submodule(name)
+    if seg.group == "GL" and isinstance(mod, nn.Conv2d) and mod.bias is None and k == n \
+            and torch.linalg.matrix_rank(p) == n:
+        t, form = p, "identity"  # P T⁻¹ = I
+    else:
+        q, _ = torch.linalg.qr(p.T, mode="complete")  # Pᵀ = Q R  ⇒  P Q = Rᵀ lower trapezoidal
+        t, form = q.T, "lower trapezoidal"
+    el = GroupElement([t if i == seg.index else None for i in range(len(analysis.segments))])
+    model = load_params(model, transformed_params(model, analysis, el, strict=True))
+    mod = model.get_submodule(name)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if form == "identity":
+        setattr(parent, attr, nn.Identity())
+        return model, GaugeRow(seg.index, seg.group, name, form, k * n)
+    linear = isinstance(mod, nn.Linear)
+    setattr(parent, attr, Trapezoid1x1(mod.weight.detach().reshape(k, n), mod.bias if linear else None,
+                                      "linear" if linear else "conv"))
+    return model, GaugeRow(seg.index, seg.group, name, form, k * n - Trapezoid1x1.stored(k, n))
+
+
 def gauge_fix(model: nn.Module) -> tuple[nn.Module, list[GaugeRow]]:
     """Fix the gauge of every GL/O segment (see module docstring). Returns the new model and what it removed."""
     folded = model if is_folded(model) else fold_bn(model, share_kernels=True)
     folded = copy.deepcopy(folded).eval()
     analysis = analyze(folded)
     rows = []
-    mods = dict(folded.named_modules())
     for seg in analysis.segments:
-        if not seg.compressible:
-            continue
-        target = next((b for b in analysis.blocks if b.seg_in == seg.index and b.equation == "eq3p"
-                       and isinstance(mods[f"{b.name}.conv_p"], nn.Conv2d)), None)
-        if target is not None:
-            name, w = f"{target.name}.conv_p", mods[f"{target.name}.conv_p"].weight
-        elif seg.index == len(analysis.segments) - 1 and isinstance(getattr(folded, "fc", None), nn.Linear):
-            name, w = "fc", folded.fc.weight
-        else:
-            continue
-        p = w.detach().double().reshape(w.shape[0], w.shape[1])
-        k, n = p.shape
-        if seg.group == "GL" and k == n and name != "fc" and torch.linalg.matrix_rank(p) == n:
-            t = p  # P T⁻¹ = I
-            form = "identity"
-        else:
-            q, _ = torch.linalg.qr(p.T, mode="complete")  # Pᵀ = Q R  ⇒  P Q = Rᵀ lower trapezoidal
-            t = q.T
-            form = "lower trapezoidal"
-        el = GroupElement([t if i == seg.index else None for i in range(len(analysis.segments))])
-        folded = load_params(folded, transformed_params(folded, analysis, el, strict=True))
-        mods = dict(folded.named_modules())
-        mod = mods[name]
-        parent_name, _, attr = name.rpartition(".")
-        parent = mods[parent_name] if parent_name else folded
-        if form == "identity":
-            setattr(parent, attr, nn.Identity())
-            removed = k * n
-        else:
-            wt = mod.weight.detach().reshape(k, n)
-            setattr(parent, attr, Trapezoid1x1(wt, mod.bias if isinstance(mod, nn.Linear) else None,
-                                              "linear" if isinstance(mod, nn.Linear) else "conv"))
-            removed = k * n - Trapezoid1x1.stored(k, n)
-        mods = dict(folded.named_modules())
-        rows.append(GaugeRow(seg.index, seg.group, name, form, removed))
+        name = _gauge_target(folded, analysis, seg.index) if seg.compressible else None
+        if name is not None:
+            folded, row = _fix_reader(folded, analysis, seg, name)
+            rows.append(row)
     add_edit(folded, "gauge_fix", layers={g.matrix: g.form for g in rows})
     return folded, rows
 
@@ -279,7 +294,7 @@ def pca_compress(model: nn.Module, inputs: torch.Tensor, keep: float) -> nn.Modu
     covs = stream_covariance(folded, analysis, inputs.to(next(folded.parameters()).dtype))
     for seg in analysis.segments:
         c = covs[seg.index]
-        if c is None or any(b.seg_in == seg.index and b.equation != "eq3p" for b in analysis.blocks):
+        if c is None or not rotatable(analysis, seg.index):
             continue
         evals, evecs = torch.linalg.eigh(c)
         r = max(1, round(keep * seg.width))

@@ -2,18 +2,18 @@
 
 In eval mode a BatchNorm is the per-channel affine map ``y = s ⊙ x + b`` with ``s = γ / sqrt(var + eps)`` and
 ``b = β − s ⊙ mean``. Folding it into the conv that precedes it leaves the function unchanged and leaves the
-residual stream read and written only by affine maps (DESIGN.md §3), which is the form in which the change
+residual stream read and written only by affine maps (docs/design.md §3), which is the form in which the change
 of basis T of Liu-Shao-Bai §4 acts (readers W → W T⁻¹, writers A → T A).
 
-What :func:`fold_bn` does, block by block (:mod:`pdenets.layers.ql_blocks`):
+What :func:`fold_bn` does is declared by the model and its blocks (``stream_spec().folds``,
+:class:`~pdenets.layers.stream.BNFold`; :mod:`pdenets.layers.ql_blocks`):
 
-* stem ``conv1 + bn1`` and every skip ``Sequential(conv1x1, BN)``: the conv gets a bias, the BN becomes
-  ``Identity``;
-* ``conv_d + bn_d`` (all equations): the derivative conv becomes a :class:`FoldedDepthwise` with one kernel
-  per output channel and a bias — a per-channel BN scale un-shares the "ws" kernels;
-* ``conv_a + bn_a`` (Eqs. 3, 3p, 6, 7): ``conv_a`` gets the scale and a bias;
-* Eq. (4), where ``bn_a`` follows the elementwise product ``A[BN(D u)] ⊙ (C u)``: the scale goes into the
-  rows of ``conv_a`` (the product is bilinear) and the shift stays as a :class:`ChannelBias` after the product.
+* ``'conv'`` — the stem ``conv1 + bn1``, every skip ``Sequential(conv1x1, BN)``, ``conv_a + bn_a`` (Eqs. 3, 3p,
+  6, 7): the conv gets the scale and a bias, the BN becomes ``Identity``;
+* ``'depthwise'`` — ``conv_d + bn_d`` (all equations): the derivative conv becomes a :class:`FoldedDepthwise`
+  with one kernel per output channel and a bias — a per-channel BN scale un-shares the "ws" kernels;
+* ``'product'`` — Eq. (4), where ``bn_a`` follows the elementwise product ``A[BN(D u)] ⊙ (C u)``: the scale goes
+  into the rows of ``conv_a`` (the product is bilinear) and the shift stays as a :class:`ChannelBias`.
 
 Any other module laid out as timm's ResNet (``convK`` followed by ``bnK`` in the same module, or a
 ``Sequential(conv, BN)``) is folded by the same rule, so timm ``resnet*`` models fold too.
@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from pdenets.artifacts import add_edit
 from pdenets.layers.derivative import DerivativeConv, pad_conv2d
-from pdenets.layers.ql_blocks import Eq4Block, QLBlock
+from pdenets.layers.stream import BNFold
 
 __all__ = ["ChannelBias", "FoldedDepthwise", "bn_scale_shift", "fold_bn", "is_folded"]
 
@@ -67,6 +67,11 @@ class FoldedDepthwise(nn.Module):
         return cls(torch.zeros(c["weight"]), torch.zeros(n), c["groups"], c["stride"], c["padding_mode"],
                    scale=torch.zeros(n) if c["shared"] else None,
                    kernel_index=torch.tensor(c["kernel_index"]) if c["shared"] else None)
+
+    def derivative_stencils(self) -> torch.Tensor:
+        """The stencils of the folded derivative conv (the shared kernels, or one per channel with its BN
+        scale multiplied in): read by :func:`pdenets.pde.operators.kernel_report`."""
+        return self.weight
 
     def full_weight(self) -> torch.Tensor:
         if not self.shared:
@@ -137,21 +142,35 @@ def _fold_derivative(conv: DerivativeConv, bn: nn.BatchNorm2d, share_kernels: bo
     return FoldedDepthwise(w, b, conv.channels, conv.stride, conv.padding_mode)
 
 
-def _fold_block(block: QLBlock, share_kernels: bool) -> None:
-    if isinstance(getattr(block, "bn_d", None), nn.BatchNorm2d):
-        block.conv_d = _fold_derivative(block.conv_d, block.bn_d, share_kernels)
-        block.bn_d = nn.Identity()
-    bn_a = getattr(block, "bn_a", None)
-    if isinstance(bn_a, nn.BatchNorm2d):
-        if isinstance(block, Eq4Block):
-            # BN(a ⊙ c) = (s ⊙ a) ⊙ c + b: scale into A's rows, shift kept after the product.
-            s, b = bn_scale_shift(bn_a)
+def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, attr = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, new)
+
+
+def _fold_declared(module: nn.Module, folds: tuple[BNFold, ...], share_kernels: bool) -> None:
+    """Apply the BN folds a block (or the network) declares (:class:`~pdenets.layers.stream.BNFold`)."""
+    for f in folds:
+        bn = module.get_submodule(f.bn)
+        if not isinstance(bn, nn.BatchNorm2d):
+            continue  # already folded
+        conv = module.get_submodule(f.conv)
+        if f.kind == "depthwise":
+            _set_submodule(module, f.conv, _fold_derivative(conv, bn, share_kernels))
+            _set_submodule(module, f.bn, nn.Identity())
+        elif f.kind == "product":
+            # BN(a ⊙ c) = (s ⊙ a) ⊙ c + b: scale into the conv's rows, shift kept after the product.
+            s, b = bn_scale_shift(bn)
             with torch.no_grad():
-                block.conv_a.weight.mul_(s.view(-1, 1, 1, 1).to(block.conv_a.weight.dtype))
-            block.bn_a = ChannelBias(b.to(block.conv_a.weight.dtype))
+                conv.weight.mul_(s.view(-1, 1, 1, 1).to(conv.weight.dtype))
+            _set_submodule(module, f.bn, ChannelBias(b.to(conv.weight.dtype)))
         else:
-            _fold_into_conv(block.conv_a, bn_a)
-            block.bn_a = nn.Identity()
+            _fold_into_conv(conv, bn)
+            _set_submodule(module, f.bn, nn.Identity())
+
+
+def _declared_folds(module: nn.Module) -> tuple[BNFold, ...]:
+    spec = getattr(module, "stream_spec", None)
+    return spec().folds if callable(spec) else ()
 
 
 def _fold_generic(module: nn.Module) -> None:
@@ -188,8 +207,7 @@ def fold_bn(model: nn.Module, share_kernels: bool = False) -> nn.Module:
     """
     model = copy.deepcopy(model).eval()
     for m in list(model.modules()):
-        if isinstance(m, QLBlock):
-            _fold_block(m, share_kernels)
+        _fold_declared(m, _declared_folds(m), share_kernels)
     for m in list(model.modules()):
         _fold_generic(m)
     left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

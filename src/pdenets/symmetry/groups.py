@@ -1,4 +1,4 @@
-"""The matrix groups that act on a residual-stream segment, as sets of constraints on T (DESIGN.md §3).
+"""The matrix groups that act on a residual-stream segment, as sets of constraints on T (docs/design.md §3).
 
 A group is described by the constraints its elements T satisfy:
 

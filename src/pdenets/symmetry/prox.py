@@ -13,17 +13,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from pdenets.hooks import TrainHook, register_hook
 from pdenets.symmetry.analyze import Analysis, analyze
-from pdenets.symmetry.compress import segment_writers
-from pdenets.train.hooks import TrainHook, register_hook
+from pdenets.symmetry.compress import rotatable, segment_writers
 
 __all__ = ["NuclearProx", "nuclear_prox_step", "prox_segments"]
 
 
 def prox_segments(analysis: Analysis) -> list[int]:
     """Segments whose width reduction is possible (rotatable, read only through 1×1 maps)."""
-    return [s.index for s in analysis.segments if s.index > 0 and s.compressible
-            and all(b.equation == "eq3p" for b in analysis.blocks if b.seg_in == s.index)]
+    return [s.index for s in analysis.segments if s.index > 0 and rotatable(analysis, s.index)]
 
 
 @torch.no_grad()
@@ -37,6 +36,8 @@ def nuclear_prox_step(model: nn.Module, tau: float, analysis: Analysis | None = 
     for seg in prox_segments(analysis):
         parts = []
         for wname, bnname in segment_writers(analysis, seg, bn_names=True):
+            if bnname is None:
+                raise ValueError(f"nuclear-prox: writer {wname} declares no BatchNorm (Touch.bn)")
             w, bn = params[wname], mods[bnname]
             s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             b = bn.bias - s * bn.running_mean

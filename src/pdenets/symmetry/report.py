@@ -20,12 +20,9 @@ __all__ = ["compression_markdown", "demo_summary", "demo_symmetry_table", "plot_
 
 
 def _plt():
-    import matplotlib
+    from pdenets.utils.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def writer_spectra(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -113,20 +110,15 @@ def compression_markdown(rows: Sequence[dict]) -> str:
 def demo_summary(model: nn.Module, example_inputs: torch.Tensor, max_inputs: int = 16, seed: int = 0) -> str:
     """Per-segment group table and verification table of a trained QL-ConvNet (a few seconds on 2 cores).
 
-    Runs single-threaded (restored afterwards): the tensors are tiny, and multi-threaded float64 convolutions
-    slow down by orders of magnitude on a machine whose cores are busy.
+    The tensors are tiny, and multi-threaded float64 convolutions slow down by orders of magnitude on a machine
+    whose cores are busy: callers that time it set the threads themselves (the CLI's ``--threads``).
     """
     from pdenets.symmetry.verify import verify
 
     t0 = time.time()
     a = analyze(model)
     x = example_inputs[:max_inputs].detach().cpu()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        res = verify(model.cpu(), None, x, generator=torch.Generator().manual_seed(seed), analysis=None)
-    finally:
-        torch.set_num_threads(threads)
+    res = verify(model.cpu(), None, x, generator=torch.Generator().manual_seed(seed), analysis=None)
     lines = ["Continuous symmetry (Liu-Shao-Bai §4, DESIGN.md §3): exact group of each residual-stream segment",
              a.table(), "",
              f"verify: a random element of every segment's group applied to the weights ({x.shape[0]} inputs)",

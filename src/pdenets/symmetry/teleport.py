@@ -1,5 +1,5 @@
 """Teleportation: move along the symmetry orbit to weights that compute the same function but are better for a
-purpose (DESIGN.md §4).
+purpose (docs/design.md §4).
 
 Exact group elements are parametrised per segment: T = exp(X − Xᵀ) for O (the exponential of a skew matrix is
 orthogonal to round-off), T = exp(X) for GL (T⁻¹ = exp(−X)), T = diag(e^s) for the monomial families (the
@@ -102,6 +102,119 @@ def _quant_proxy(tensors: dict[str, torch.Tensor], keys: list[str]) -> torch.Ten
     return total
 
 
+def _check_args(objective: str, inputs: torch.Tensor | None, targets: torch.Tensor | None) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown teleport objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    if objective in ("quant4", "gradnorm") and inputs is None:
+        raise ValueError(f"objective {objective!r} needs a batch of inputs")
+    if objective == "gradnorm" and targets is None:
+        raise ValueError("objective 'gradnorm' needs targets for the loss")
+
+
+def _variables(analysis: Analysis, objective: str, segments: list[int] | None
+               ) -> tuple[dict[int, tuple[str, torch.Tensor]], list[int]]:
+    """The generator of every segment to move (X for O/GL, log-scales for monomials) and the skipped O segments."""
+    variables: dict[int, tuple[str, torch.Tensor]] = {}
+    skipped = []
+    for s in analysis.segments:
+        if (segments is not None and s.index not in segments) or s.fixed:  # a fixed gauge cannot move
+            continue
+        if objective == "gradnorm" and s.group == "O":
+            skipped.append(s.index)
+            continue
+        if s.group in ("O", "GL"):
+            variables[s.index] = (s.group, torch.zeros(s.width, s.width, dtype=torch.float64, requires_grad=True))
+        elif s.group in ("monomial", "positive_monomial"):
+            variables[s.index] = ("diag", torch.zeros(s.width, dtype=torch.float64, requires_grad=True))
+    if skipped:
+        warnings.warn(f"teleport gradnorm: segments {skipped} have group O, an isometry of parameter space: "
+                      "the gradient norm is invariant there (provably a no-op), skipped", stacklevel=3)
+    return variables, skipped
+
+
+def _element(variables: dict[int, tuple[str, torch.Tensor]], n_segments: int) -> GroupElement:
+    """exp(X − Xᵀ) for O, exp(X) for GL, diag(e^s) for the monomial families (exact group elements)."""
+    mats: list[torch.Tensor | None] = [None] * n_segments
+    for i, (kind, x) in variables.items():
+        if kind == "O":
+            mats[i] = torch.linalg.matrix_exp(x - x.T)
+        elif kind == "GL":
+            mats[i] = torch.linalg.matrix_exp(x)
+        else:
+            mats[i] = torch.diag(x.exp())
+    return GroupElement(mats)
+
+
+class _Objective:
+    """The differentiable objective along the orbit and its measured score (both to minimise)."""
+
+    def __init__(self, folded: nn.Module, analysis: Analysis, objective: str, inputs: torch.Tensor | None,
+                 targets: torch.Tensor | None) -> None:
+        self.folded, self.analysis, self.objective, self.targets = folded, analysis, objective, targets
+        self.base = {k: v.detach() for k, v in folded.named_parameters()}
+        self.keys = _stream_keys(folded, analysis)
+        self.x64 = inputs.double() if inputs is not None else None
+
+    def value(self, el: GroupElement) -> torch.Tensor:
+        new = transformed_params(self.folded, self.analysis, el, params=self.base)
+        t = {**self.base, **new}
+        if self.objective == "l1":
+            return sum(t[k].abs().sum() for k in self.keys)
+        if self.objective == "quant4":
+            return _quant_proxy(t, [k for k in _quant_keys(self.folded) if k in new])
+        leaves = {k: (v if v.requires_grad else v.clone().requires_grad_(True)) for k, v in t.items()}
+        loss = nn.functional.cross_entropy(functional_call(self.folded, leaves, (self.x64,)), self.targets)
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+        return -sum((g * g).sum() for g in grads if g is not None)
+
+    def score(self, el: GroupElement) -> float:
+        """The measured value to minimise (−‖∇L‖² for gradnorm, the measured 4-bit output error for quant4)."""
+        if self.objective == "gradnorm":
+            return float(self.value(el).detach())
+        with torch.no_grad():
+            if self.objective == "quant4":
+                new = transformed_params(self.folded, self.analysis, el, params=self.base)
+                return quant_output_error(self.folded, self.x64, params=new)[0]
+            return float(self.value(el))
+
+
+def _optimise(obj: _Objective, variables: dict[int, tuple[str, torch.Tensor]], before: float, steps: int,
+              lr: float, score_every: int, progress: bool, max_log_norm: float | None
+              ) -> tuple[float, GroupElement, list[float]]:
+    """Adam on the generators; the best scored element (the identity, scored ``before``, included) and the
+    score history."""
+    n = len(obj.analysis.segments)
+    best_val, best_el, history = before, GroupElement([None] * n), [before]
+    if not variables:
+        return best_val, best_el, history
+    opt = torch.optim.Adam([x for _, x in variables.values()], lr=lr)
+    it = range(steps)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"teleport {obj.objective}", leave=False)
+    for step in it:
+        opt.zero_grad()
+        val = obj.value(_element(variables, n))
+        if not torch.isfinite(val):
+            break
+        val.backward()
+        opt.step()
+        if max_log_norm is not None:
+            with torch.no_grad():
+                for kind, x in variables.values():
+                    if kind != "O" and x.norm() > max_log_norm:
+                        x.mul_(max_log_norm / x.norm())
+        if (step + 1) % score_every == 0 or step == steps - 1:
+            with torch.no_grad():
+                el = GroupElement([m.detach() if m is not None else None for m in _element(variables, n).mats])
+            val_el = obj.score(el)
+            history.append(val_el)
+            if val_el < best_val:
+                best_val, best_el = val_el, el
+    return best_val, best_el, history
+
+
 def teleport(model: nn.Module, objective: str = "l1", steps: int = 200, lr: float = 0.02,
              inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None,
              segments: list[int] | None = None, score_every: int = 10, progress: bool = False,
@@ -115,108 +228,23 @@ def teleport(model: nn.Module, objective: str = "l1", steps: int = 200, lr: floa
     """
     if max_log_norm is None and objective == "gradnorm":
         max_log_norm = 1.0
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown teleport objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
-    if objective in ("quant4", "gradnorm") and inputs is None:
-        raise ValueError(f"objective {objective!r} needs a batch of inputs")
-    if objective == "gradnorm" and targets is None:
-        raise ValueError("objective 'gradnorm' needs targets for the loss")
+    _check_args(objective, inputs, targets)
     folded = copy.deepcopy(model).double().eval()
     folded = folded if is_folded(folded) else fold_bn(folded)
     analysis = analyze(folded)
-    base = {k: v.detach() for k, v in folded.named_parameters()}
-    keys = _stream_keys(folded, analysis)
-    variables: dict[int, tuple[str, torch.Tensor]] = {}
-    skipped = []
-    for s in analysis.segments:
-        if segments is not None and s.index not in segments:
-            continue
-        if objective == "gradnorm" and s.group == "O":
-            skipped.append(s.index)
-            continue
-        if s.group in ("O", "GL"):
-            variables[s.index] = (s.group, torch.zeros(s.width, s.width, dtype=torch.float64, requires_grad=True))
-        elif s.group in ("monomial", "positive_monomial"):
-            variables[s.index] = ("diag", torch.zeros(s.width, dtype=torch.float64, requires_grad=True))
-    if skipped:
-        warnings.warn(f"teleport gradnorm: segments {skipped} have group O, an isometry of parameter space: "
-                      "the gradient norm is invariant there (provably a no-op), skipped", stacklevel=2)
-
-    def element() -> GroupElement:
-        mats: list[torch.Tensor | None] = [None] * len(analysis.segments)
-        for i, (kind, x) in variables.items():
-            if kind == "O":
-                mats[i] = torch.linalg.matrix_exp(x - x.T)
-            elif kind == "GL":
-                mats[i] = torch.linalg.matrix_exp(x)
-            else:
-                mats[i] = torch.diag(x.exp())
-        return GroupElement(mats)
-
-    x64 = inputs.double() if inputs is not None else None
-    loss_fn = nn.CrossEntropyLoss()
-
-    def objective_value(el: GroupElement) -> torch.Tensor:
-        new = transformed_params(folded, analysis, el, params=base)
-        t = {**base, **new}
-        if objective == "l1":
-            return sum(t[k].abs().sum() for k in keys)
-        if objective == "quant4":
-            return _quant_proxy(t, [k for k in _quant_keys(folded) if k in new])
-        leaves = {k: (v if v.requires_grad else v.clone().requires_grad_(True)) for k, v in t.items()}
-        loss = loss_fn(functional_call(folded, leaves, (x64,)), targets)
-        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
-        return -sum((g * g).sum() for g in grads if g is not None)
-
-    def score(el: GroupElement) -> float:
-        """The measured value to minimise (−‖∇L‖² for gradnorm)."""
-        if objective == "gradnorm":
-            return float(objective_value(el).detach())
-        with torch.no_grad():
-            if objective == "quant4":
-                return quant_output_error(folded, x64, params=transformed_params(folded, analysis, el, params=base))[0]
-            return float(objective_value(el))
-
-    identity = GroupElement([None] * len(analysis.segments))
-    before = score(identity)
-    best_val, best_el = before, identity
-    history = [before]
-    if variables:
-        opt = torch.optim.Adam([x for _, x in variables.values()], lr=lr)
-        it = range(steps)
-        if progress:
-            from tqdm import tqdm
-
-            it = tqdm(it, desc=f"teleport {objective}", leave=False)
-        for step in it:
-            opt.zero_grad()
-            val = objective_value(element())
-            if not torch.isfinite(val):
-                break
-            val.backward()
-            opt.step()
-            if max_log_norm is not None:
-                with torch.no_grad():
-                    for kind, x in variables.values():
-                        if kind != "O" and x.norm() > max_log_norm:
-                            x.mul_(max_log_norm / x.norm())
-            if (step + 1) % score_every == 0 or step == steps - 1:
-                with torch.no_grad():
-                    el = GroupElement([m.detach() if m is not None else None for m in element().mats])
-                val_el = score(el)
-                history.append(val_el)
-                if val_el < best_val:
-                    best_val, best_el = val_el, el
-    new_model = load_params(folded, transformed_params(folded, analysis, best_el)) if best_el is not identity \
-        else folded
-    after = best_val
+    variables, skipped = _variables(analysis, objective, segments)
+    obj = _Objective(folded, analysis, objective, inputs, targets)
+    before = obj.score(GroupElement([None] * len(analysis.segments)))
+    after, best_el, history = _optimise(obj, variables, before, steps, lr, score_every, progress, max_log_norm)
+    new_model = folded if all(m is None for m in best_el.mats) else load_params(
+        folded, transformed_params(folded, analysis, best_el))
     if objective == "gradnorm":
         before, after = -before, -after  # report the gradient norm² itself (higher is the goal)
         history = [-h for h in history]
     res = TeleportResult(new_model.eval(), best_el, objective, before, after, history, skipped)
     if objective == "quant4":
-        res.extra["agreement_before"] = quant_output_error(folded, x64)[1]
-        res.extra["agreement_after"] = quant_output_error(new_model, x64)[1]
+        res.extra["agreement_before"] = quant_output_error(folded, obj.x64)[1]
+        res.extra["agreement_after"] = quant_output_error(new_model, obj.x64)[1]
     if math.isnan(after):  # pragma: no cover - defensive
         raise RuntimeError("teleport diverged")
     return res

@@ -1,12 +1,12 @@
 """Verification of a symmetry: output differences in float32 / float64, and a power check.
 
 A claimed symmetry passes when the transformed model computes the same outputs; but with small activations a
-radial activation is almost linear, so a transformation that is *not* a symmetry can look like one (DESIGN.md
-§4). The power check therefore (1) scales the inputs so that the stream reaching every radial activation has
-|x| ≈ R, and (2) applies, segment by segment, an element of the next larger group with the same Frobenius norm
-(orthogonal on an Eq. (3) segment, GL on an O segment, sign flips through a ReLU) using the same rules. It must
-change the outputs clearly; a GL segment (nothing larger) gets a random weight perturbation of the same norm as
-the change made by its group element.
+radial activation is almost linear, so a transformation that is *not* a symmetry can look like one
+(docs/design.md §4). The power check therefore (1) scales the inputs so that the stream reaching every radial
+activation has |x| ≈ R, and (2) applies, segment by segment, an element of the next larger group with the same
+Frobenius norm (orthogonal on an Eq. (3) segment, GL on an O segment, sign flips through a ReLU) using the same
+rules. It must change the outputs clearly; a GL segment (nothing larger) gets a random weight perturbation of the
+same norm as the change made by its group element.
 """
 
 from __future__ import annotations
@@ -94,6 +94,35 @@ def radial_input_scale(model: nn.Module, inputs: torch.Tensor) -> float:
     return best
 
 
+class _Run:
+    """A transformed model evaluated with ``functional_call`` (no copies of the module tree)."""
+
+    def __init__(self, f64: nn.Module, f32: nn.Module, new: dict[str, torch.Tensor]) -> None:
+        self.f64, self.f32, self.new = f64, f32, new
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float64:
+            return functional_call(self.f64, self.new, (x,))
+        return functional_call(self.f32, {k: v.float() for k, v in self.new.items()}, (x,))
+
+
+def _power_run(run, base: _Run, params: dict[str, torch.Tensor], analysis: Analysis, seg: int,
+               el: GroupElement, generator: torch.Generator) -> tuple[_Run, str]:
+    """The transformation a power check applies to segment ``seg`` (docs/design.md §4): an element of the next
+    larger group with the same ‖T‖_F, or (GL) random weights with the same ‖Δθ‖ as the group element's."""
+    h, larger = power_element(analysis.segments[seg].group, el.mats[seg], generator)
+    if h is not None:
+        n = len(analysis.segments)
+        return run(GroupElement([h if i == seg else None for i in range(n)]), strict=False), \
+            f"{larger} (same ‖T‖_F)"
+    delta = {k: v - params[k] for k, v in base.new.items()}
+    norm = math.sqrt(sum(float((d * d).sum()) for d in delta.values()))
+    rnd = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in delta.items()}
+    rn = math.sqrt(sum(float((d * d).sum()) for d in rnd.values()))
+    return _Run(base.f64, base.f32, {k: params[k] + v * (norm / rn) for k, v in rnd.items()}), \
+        "random weights (same ‖Δθ‖)"
+
+
 @torch.no_grad()
 def verify(model: nn.Module, element: GroupElement | None = None, inputs: torch.Tensor | None = None,
            generator: torch.Generator | None = None, per_segment: bool = True, power: bool = True,
@@ -119,17 +148,8 @@ def verify(model: nn.Module, element: GroupElement | None = None, inputs: torch.
     y32 = m64.float()(x32)  # the original model in float32 (m64 is a private copy)
     params = dict(f64.named_parameters())
 
-    class Run:  # a transformed model evaluated with functional_call: no copies of the module tree
-        def __init__(self, new: dict[str, torch.Tensor]) -> None:
-            self.new = new
-
-        def __call__(self, x: torch.Tensor) -> torch.Tensor:
-            if x.dtype == torch.float64:
-                return functional_call(f64, self.new, (x,))
-            return functional_call(f32, {k: v.float() for k, v in self.new.items()}, (x,))
-
-    def run(el: GroupElement, strict: bool = True) -> Run:
-        return Run(transformed_params(f64, analysis, el, strict=strict, params=params))
+    def run(el: GroupElement, strict: bool = True) -> _Run:
+        return _Run(f64, f32, transformed_params(f64, analysis, el, strict=strict, params=params))
 
     t = run(element)
     yt32 = t(x32)
@@ -150,18 +170,7 @@ def verify(model: nn.Module, element: GroupElement | None = None, inputs: torch.
         e32, e64, e64s = _rel(ts(x32), y32), _rel(ts(x64), y64), _rel(ts(xs), ys)
         perr, pname = float("nan"), "-"
         if power:
-            h, larger = power_element(s.group, el.mats[s.index], generator)
-            if h is not None:
-                tp = run(GroupElement([h if i == s.index else None for i in range(len(element.mats))]),
-                         strict=False)
-                pname = f"{larger} (same ‖T‖_F)"
-            else:
-                delta = {k: v - params[k] for k, v in ts.new.items()}
-                norm = math.sqrt(sum(float((d * d).sum()) for d in delta.values()))
-                rnd = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in delta.items()}
-                rn = math.sqrt(sum(float((d * d).sum()) for d in rnd.values()))
-                tp = Run({k: params[k] + v * (norm / rn) for k, v in rnd.items()})
-                pname = "random weights (same ‖Δθ‖)"
+            tp, pname = _power_run(run, ts, params, analysis, s.index, el, generator)
             perr = _rel(tp(xs), ys)
         res.rows.append(SegmentCheck(s.index, s.group, s.width, e32, e64, e64s, pname, perr))
     return res

@@ -17,7 +17,7 @@ from pdenets.errors import UsageError
 
 @dataclass
 class TrainConfig:
-    """All options of :func:`pdenets.train.engine.train`. Field groups:
+    """All options of :class:`pdenets.train.trainer.Trainer`. Field groups:
 
     Model / data:
         model: registered model name.  model_kwargs: extra keyword arguments of the constructor.
@@ -43,6 +43,9 @@ class TrainConfig:
         (optimizer-step attempts at which the output of that module is replaced by NaN; -1: every step).
     Output: out (run directory), report (figures + report.md; summary.json is always written), resume
         (None, a checkpoint path, a run directory or 'auto').
+    Start: init_from (an artifact, checkpoint or run directory: a fresh run starts from its weights *and*
+        structure, e.g. a compressed model keeps its widths; ``model`` becomes its model name),
+        init_which ('best' or 'last' checkpoint of a run directory).
     """
 
     # model / data
@@ -112,15 +115,20 @@ class TrainConfig:
     report: bool = True
     resume: str | None = None
     recipe: str | None = None
+    # start
+    init_from: str | None = None
+    init_which: str = "best"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self) -> TrainConfig:
-        """Check values a user can get wrong; raise a one-line :class:`UsageError` naming the option."""
+    def validate(self, check_dataset: bool = True) -> TrainConfig:
+        """Check values a user can get wrong; raise a one-line :class:`UsageError` naming the option.
+        ``check_dataset=False``: ``dataset`` is only a label (the trainer was given the data)."""
         from pdenets.datasets import check_dataset_name
 
-        check_dataset_name(self.dataset)
+        if check_dataset:
+            check_dataset_name(self.dataset)
         positive_int = dict(epochs=self.epochs, batch_size=self.batch_size, recount=self.recount)
         for k, v in positive_int.items():
             if not isinstance(v, int) or v < 1:
@@ -148,6 +156,8 @@ class TrainConfig:
             raise UsageError(f"--clip-mode must be 'norm', 'value' or 'agc', got {self.clip_mode!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UsageError(f"--device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.init_which not in ("best", "last"):
+            raise UsageError(f"--which must be 'best' or 'last', got {self.init_which!r}")
         if not 0 < self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in (0, 1), got {self.ema_decay!r}")
         return self
@@ -178,26 +188,91 @@ def _check_keys(d: dict[str, Any], where: str) -> None:
         raise UsageError(f"unknown option(s) in {where}: {', '.join(unknown)}")
 
 
+def saved_run_config(resume: str | None, out: str | None) -> tuple[dict[str, Any], Path] | None:
+    """(RUN/config.yaml, RUN) of the run ``resume`` continues: a run, checkpoint or weights path (its
+    config.yaml is looked up in it and up to two levels above), or 'auto' (``out``'s, if it holds a
+    resumable 'last' checkpoint). None when there is nothing to continue or no saved configuration."""
+    if not resume:
+        return None
+    if resume == "auto":
+        run = Path(out or TrainConfig.out)
+        if not any((run / "checkpoints" / n / "state.pt").is_file() for n in ("last", "last.old")):
+            return None
+        candidates = [run]
+    else:
+        p = Path(resume).expanduser()
+        candidates = [p, p.parent, p.parent.parent]
+    for c in candidates:
+        if (c / "config.yaml").is_file():
+            saved = load_yaml(c / "config.yaml")
+            return {k: v for k, v in saved.items() if k in FIELD_NAMES}, c
+    return None
+
+
+def _resume_base(saved: dict[str, Any], run: Path, explicit: dict[str, Any], extra_hooks: list[str] | None
+                 ) -> dict[str, Any]:
+    """The saved configuration < ``explicit`` (file, then command line); hooks not yet saved are appended.
+    ``stop_after`` belongs to one invocation and is not inherited; ``out`` defaults to the run directory."""
+    merged = dict(saved)
+    merged.pop("stop_after", None)
+    merged["out"] = str(run)
+    merged.update({k: v for k, v in explicit.items() if k != "recipe"})
+    hooks = list(merged.get("hooks") or [])
+    merged["hooks"] = hooks + [h for h in extra_hooks or [] if h not in hooks]
+    return merged
+
+
+def _init_from_values(explicit: dict[str, Any]) -> dict[str, Any]:
+    """``init_from``: the model is the artifact's (over the recipe's); data set, image size and data dir
+    default to the artifact's own (over the recipe's, under explicit values)."""
+    from pdenets.train.build import artifact_meta
+
+    meta = artifact_meta(explicit["init_from"], explicit.get("init_which", "best"))
+    if explicit.get("model") not in (None, meta["model"]):
+        raise UsageError(f"--init-from {explicit['init_from']} holds a {meta['model']!r} model, not "
+                         f"{explicit['model']!r}; drop --model")
+    if explicit.get("model_kwargs"):
+        raise UsageError("--init-from takes the model's constructor arguments from the artifact; drop -m")
+    values: dict[str, Any] = dict(model=meta["model"], model_kwargs={})
+    values.update({k: meta[k] for k in ("dataset", "img_size", "data_dir") if meta.get(k) is not None})
+    return values
+
+
 def resolve_config(recipe: str | None = None, config_file: str | os.PathLike | None = None,
                    overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults < recipe < YAML file < overrides (``None`` values in overrides are ignored). Validated."""
-    from pdenets.train.recipes import get_recipe
+    """Defaults < recipe < YAML file < overrides (``None`` values in overrides are ignored). Validated.
 
+    Resuming (``resume`` set, and the run has a saved ``config.yaml``): the saved configuration replaces
+    defaults and recipe, so ``--resume RUN`` needs no ``--model``; the file and overrides still win.
+    ``init_from``: see :func:`_init_from_values`. A recipe may depend on the data set
+    (:func:`pdenets.train.recipes.get_recipe`): the explicit one, else the artifact's, else the recipe's.
+    """
     file_cfg = load_yaml(config_file) if config_file else {}
     _check_keys(file_cfg, f"config file {config_file}")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     extra_hooks = overrides.pop("extra_hooks", None)  # appended to the recipe's/file's hooks
     _check_keys(overrides, "overrides")
-    recipe = overrides.get("recipe") or file_cfg.get("recipe") or recipe
+    explicit = {**file_cfg, **overrides}
+    saved = saved_run_config(explicit.get("resume"), explicit.get("out"))
+    if saved is not None:
+        return TrainConfig(**_resume_base(*saved, explicit, extra_hooks)).validate()
     merged: dict[str, Any] = {}
+    recipe = overrides.get("recipe") or file_cfg.get("recipe") or recipe
+    init = _init_from_values(explicit) if explicit.get("init_from") else {}
     if recipe:
-        merged.update(get_recipe(recipe))
+        merged.update(_recipe_values(recipe, explicit.get("dataset") or init.get("dataset")))
         merged["recipe"] = recipe
-    merged.update(file_cfg)
-    merged.update(overrides)
+    merged.update(init)
+    merged.update(explicit)
     if extra_hooks:
         merged["hooks"] = list(merged.get("hooks") or []) + list(extra_hooks)
     return TrainConfig(**merged).validate()
+
+
+def _recipe_values(name: str, dataset: str | None) -> dict[str, Any]:
+    from pdenets.train.recipes import get_recipe
+
+    return get_recipe(name, dataset)
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:

@@ -8,25 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from pdenets.utils.plotting import save_figure
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from pdenets.utils.plotting import save_figure, subplots
 
 
 def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path | None:
     """Loss and accuracy against epoch (train and validation) from the metrics rows."""
     if not rows:
         return None
-    plt = _plt()
     ep = [r["epoch"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a1, a2) = subplots(1, 2, figsize=(10, 4))
     a1.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
     a1.plot(ep, [r["val_loss"] for r in rows], "s-", label="validation")
     a1.set_xlabel("epoch"), a1.set_ylabel("cross-entropy loss"), a1.set_yscale("log"), a1.legend(), a1.grid(alpha=.3)
@@ -43,12 +33,11 @@ def plot_confusion(cm: list[list[int]] | np.ndarray, class_names: list[str] | No
                    title: str = "") -> Path:
     """Row-normalised confusion matrix (true class vs predicted class) with the counts written in the cells,
     in the style of Ruthotto & Haber Fig. 3. More than 30 classes: no cell labels."""
-    plt = _plt()
     cm = np.asarray(cm, dtype=float)
     k = cm.shape[0]
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     size = min(max(4.0, 0.45 * k + 2), 16)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = subplots(figsize=(size + 1, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if k <= 30:
@@ -83,15 +72,17 @@ def write_report(run_dir: str | os.PathLike, cfg: dict[str, Any], summary: dict[
     lines = [f"# {title}", "", f"Status: **{summary.get('status')}**"
              + (f" — {summary['message']}" if summary.get("message") else ""), "",
              "## Final metrics", "", "| metric | value |", "|---|---|"]
-    for k in ("test_top1", "test_top5", "test_loss", "best_top1", "best_epoch", "epochs", "steps", "params",
-              "wall_seconds", "nan_failures", "world_size", "device"):
+    for k in ("test_top1", "test_top5", "test_loss", "test_samples", "val_top1", "best_epoch", "epochs", "steps",
+              "params", "wall_seconds", "nan_failures", "world_size", "device"):
         v = summary.get(k)
         if isinstance(v, float):
             v = f"{v:.4f}" if k == "test_loss" else f"{v:.2f}"
         elif isinstance(v, int) and k == "params":
             v = f"{v:,}"
         lines.append(f"| {k} | {v} |")
-    lines += ["", "test_top1 / test_top5 / best_top1 are percentages on the evaluation split.", ""]
+    lines += ["", "test_top1 / test_top5 (percent): the test split, scored once at the end with the best checkpoint "
+              "(best_epoch, chosen on the validation split; val_top1 is its validation top-1). The confusion "
+              "matrix is that of the test split.", ""]
     if rows:
         lines += ["## Per epoch", "", "| epoch | train loss | train top-1 | val loss | val top-1 | val top-5 | lr | "
                   "img/s | s |", "|---|---|---|---|---|---|---|---|---|"]

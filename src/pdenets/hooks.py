@@ -1,29 +1,22 @@
-"""Extension points of the training engine: penalties added to the loss and steps after the optimizer.
+"""The training-hook registry: penalties added to the loss and steps after the optimizer (docs/design.md §7).
 
-A :class:`TrainHook` is created from a spec string ``NAME`` or ``NAME:VALUE`` (``--hook rh-tv:3e-4``,
-or a recipe's ``hooks`` list). Families register theirs with :func:`register_hook` in the modules listed
-in :data:`HOOK_MODULES`, which are imported on first use, so the engine never has to know them.
+A :class:`TrainHook` is created from a spec string ``NAME`` or ``NAME:VALUE`` (``--hook rh-tv:3e-4``, or a
+recipe's ``hooks`` list). This module sits at the bottom of the package and imports only torch: the
+providers register their hooks with :func:`register_hook` when *they* are imported, and whoever needs every
+hook (``import pdenets``, the command line) imports the providers. The registry never names them.
 
-Hook names in use: ``nuclear-prox`` (symmetry: singular-value soft-thresholding of writer matrices),
-``rh-tv`` and ``box`` (Ruthotto-Haber smoothed-TV in time and box projection), ``layer-smooth``
-(Ruseckas Eq. 82/113), ``cross-layer`` (correlated weights across consecutive blocks).
+Providers: :mod:`pdenets.train.regularizer_hooks` (``rh-tv``, ``box``, ``layer-smooth``, ``cross-layer``,
+``cross-layer-tv``) and :mod:`pdenets.symmetry.prox` (``nuclear-prox``).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
-# Modules that register hooks when imported.
-HOOK_MODULES: tuple[str, ...] = (
-    "pdenets.dynamics.regularizers",
-    "pdenets.train.layer_smooth",
-    "pdenets.pde.cross_layer",
-    "pdenets.symmetry.prox",
-)
+__all__ = ["HookFactory", "TrainHook", "create_hook", "list_hooks", "register_hook"]
 
 
 class TrainHook:
@@ -66,19 +59,13 @@ def register_hook(name: str) -> Callable[[HookFactory], HookFactory]:
     return deco
 
 
-def _load_providers() -> None:
-    for mod in HOOK_MODULES:
-        importlib.import_module(mod)
-
-
 def list_hooks() -> list[str]:
-    _load_providers()
+    """Names of the hooks registered so far (every built-in one once :mod:`pdenets` is imported)."""
     return sorted(_HOOKS)
 
 
 def create_hook(spec: str) -> TrainHook:
     """Build a hook from ``'NAME'`` or ``'NAME:VALUE'`` (VALUE a float). Unknown names raise ValueError."""
-    _load_providers()
     name, _, value = spec.partition(":")
     if name not in _HOOKS:
         known = ", ".join(sorted(_HOOKS)) or "none registered"
