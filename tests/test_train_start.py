@@ -86,3 +86,12 @@ def test_init_from_wrong_model_is_a_usage_error(tmp_path, capsys):
                    "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "qlnet18_eq3p_small" in err and len(err.splitlines()) == 1
+
+
+def test_deterministic_mode_is_scoped():
+    from pdenets.commands.train import deterministic_mode
+
+    before = torch.are_deterministic_algorithms_enabled()
+    with deterministic_mode(True):
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert torch.are_deterministic_algorithms_enabled() == before

@@ -4,7 +4,7 @@
   Hamiltonian system's vector field (Y, Z) ↦ (F_sym(θ¹, Z), −F_sym(θ², Y)) of one Verlet step, by
   autograd. Theorem 1: with monotone σ and nothing non-diagonal between K and σ (``norm='none'`` or an
   eval-mode BatchNorm), J = −Kᵀ diag(σ') K is symmetric negative semi-definite; with σ = identity and
-  no bias the Hamiltonian matrix [[0, −K₁ᵀK₁], [K₂ᵀK₂, 0]] has purely imaginary eigenvalues (DESIGN §5).
+  no bias the Hamiltonian matrix [[0, −K₁ᵀK₁], [K₂ᵀK₂, 0]] has purely imaginary eigenvalues (docs/design.md §5).
 * :func:`parabolic_step_bound` — the forward-Euler bound of the paper, max_i |1 + h λ_i(J)| ≤ 1, made
   global: σ∘N is L-Lipschitz and monotone, so every secant Jacobian is −Kᵀ D K with 0 ≤ D ≤ L, with
   eigenvalues in [−L‖K‖₂², 0]; hence h ≤ 2 / (L ‖K‖₂²) makes Y ↦ Y + h F_sym(Y) non-expansive.

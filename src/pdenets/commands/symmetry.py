@@ -1,5 +1,5 @@
 """``pdenets symmetry analyze|verify|teleport|compress``: the continuous symmetry of the QL-ConvNets, made exact
-and useful (Liu-Shao-Bai §4; DESIGN.md §3-§4)."""
+and useful (Liu-Shao-Bai §4; docs/design.md §3-§4)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="The QL-ConvNet admits a change of basis T of each residual-stream segment that keeps its "
         "output: readers W -> W T^-1, writers A -> T A, skips T' S T^-1, classifier W T^-1 (BN folded). "
         "Which T are exact depends on the blocks and activations (GL / O / monomial / signed or positive "
-        "monomial / permutations, DESIGN.md §3).",
+        "monomial / permutations, docs/design.md §3).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ss = p.add_subparsers(dest="symmetry_command", metavar="ACTION")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from pdenets.errors import UsageError
@@ -152,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    summary = train(cfg)
-    import os
+    with deterministic_mode(cfg.deterministic):
+        summary = train(cfg)
 
     if summary is None or os.environ.get("RANK", "0") != "0":
         return 0
@@ -176,3 +179,29 @@ def set_threads(threads: int | None) -> None:
         if threads < 1:
             raise UsageError(f"--threads must be a positive integer, got {threads}")
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms (torch, cuDNN, cuBLAS workspace) inside the block, when ``enabled``; the
+    previous settings are restored on exit, so a run leaves the process as it found it."""
+    import torch
+
+    if not enabled:
+        yield
+        return
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
+        if prev[4] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = prev[4]

@@ -1,7 +1,7 @@
 """The two-noisy-concentric-circles data set of Ruseckas §5.1.
 
 The paper gives only the ratio of the radii (outer = 2 × inner). We use inner radius 1, outer radius 2,
-isotropic Gaussian noise σ = 0.2 and 200 points per class (400 in all), as DESIGN.md §5 records; the
+isotropic Gaussian noise σ = 0.2 and 200 points per class (400 in all), as docs/design.md §5 records; the
 Bayes accuracy is then about 99.4 %. All of it is configurable.
 """
 

@@ -3,7 +3,7 @@
 The embedded default data set of pdenets: it needs no download. Images are scaled to [0, 1], resized to
 ``img_size`` by bilinear interpolation and standardised with the mean/std of the training split. The
 train/test split is stratified 75/25 with a fixed seed (``random_state=0``), so every run sees the same
-test set (DESIGN.md §5); the validation split is a fixed stratified 15 % of the 75 % training part
+test set (docs/design.md §5); the validation split is a fixed stratified 15 % of the 75 % training part
 (:func:`pdenets.datasets.splits.carve_validation`): 1144 train / 203 val / 450 test images.
 """
 

@@ -5,7 +5,7 @@
 K(θ) is a 3×3 convolution (``channels → hidden``) and Kᵀ is its exact adjoint, the transposed
 convolution with the *same* weight tensor (``hidden → channels``), so that, without normalisation or
 with an eval-mode BatchNorm (a per-channel affine map), the Jacobian −Kᵀ diag(σ'(·)) K is symmetric
-negative semi-definite for every monotone σ (Theorem 1; DESIGN.md §5). Instance norm couples the pixels
+negative semi-definite for every monotone σ (Theorem 1; docs/design.md §5). Instance norm couples the pixels
 of a channel, so with it the Jacobian is no longer symmetric (the forward dynamics are still what the
 paper trains, as its supplement uses instance norm).
 

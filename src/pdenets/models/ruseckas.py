@@ -9,7 +9,7 @@ and of the explicit two-step linear multistep scheme, Eq. (111), with one traina
     x⁽ˡ⁺¹⁾ = (1 − k_l) x⁽ˡ⁾ + k_l x⁽ˡ⁻¹⁾ + W̃⁽ˡ⁾ x⁽ˡ⁾ + b̃⁽ˡ⁾ − γ̃ φ(x⁽ˡ⁾).
 
 The first step of the two-step scheme has no x⁽⁻¹⁾; we start it with x⁽⁻¹⁾ = x⁽⁰⁾ (zero initial
-"velocity", as the leapfrog start in DESIGN.md §5), where the k term cancels, so only k_1 … k_{L−1} exist
+"velocity", as the leapfrog start in docs/design.md §5), where the k term cancels, so only k_1 … k_{L−1} exist
 (L − 1 parameters, initialised to 0, which is Euler).
 
 * :class:`OdeNet` — the dense network of §5.1 on points of R^N. Inputs with fewer features than the

@@ -1,4 +1,4 @@
-"""Weight-space symmetry of the QL-ConvNets (Liu-Shao-Bai §4, DESIGN.md §3-§4).
+"""Weight-space symmetry of the QL-ConvNets (Liu-Shao-Bai §4, docs/design.md §3-§4).
 
 * :func:`fold_bn` — the canonical eval form (every BatchNorm folded into its conv);
 * :func:`analyze` — the exact group of every residual-stream segment;

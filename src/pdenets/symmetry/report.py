@@ -119,7 +119,7 @@ def demo_summary(model: nn.Module, example_inputs: torch.Tensor, max_inputs: int
     a = analyze(model)
     x = example_inputs[:max_inputs].detach().cpu()
     res = verify(model.cpu(), None, x, generator=torch.Generator().manual_seed(seed), analysis=None)
-    lines = ["Continuous symmetry (Liu-Shao-Bai §4, DESIGN.md §3): exact group of each residual-stream segment",
+    lines = ["Continuous symmetry (Liu-Shao-Bai §4, docs/design.md §3): exact group of each residual-stream segment",
              a.table(), "",
              f"verify: a random element of every segment's group applied to the weights ({x.shape[0]} inputs)",
              res.table(), f"({time.time() - t0:.1f} s)"]

@@ -13,7 +13,7 @@ from typing import Any
 from pdenets.errors import UsageError
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # Liu-Shao-Bai Table 1: timm's ResNeXt-50 recipe with the paper's peak lr 0.3 and 50 epochs (DESIGN.md §2).
+    # Liu-Shao-Bai Table 1: timm's ResNeXt-50 recipe with the paper's peak lr 0.3 and 50 epochs (docs/design.md §2).
     "liu2023-imagenet100": dict(
         dataset="imagefolder:data/imagenet100", img_size=224, epochs=50, batch_size=192,
         opt="sgd", momentum=0.9, lr=0.3, weight_decay=1e-4,

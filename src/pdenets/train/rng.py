@@ -1,12 +1,8 @@
-"""Seeding, the RNG states a checkpoint carries (Python, NumPy, torch, CUDA; every rank's under DDP) and the
-scoped deterministic mode of a run."""
+"""Seeding and the RNG states a checkpoint carries (Python, NumPy, torch, CUDA; every rank's under DDP)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,9 +10,7 @@ import torch
 
 from pdenets.train.distributed import DistInfo
 
-__all__ = ["deterministic_mode", "gather_rng_states", "restore_rank_rng", "rng_state", "seed_everything",
-           "set_rng_state"]
-_CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
+__all__ = ["gather_rng_states", "restore_rank_rng", "rng_state", "seed_everything", "set_rng_state"]
 
 
 def seed_everything(seed: int) -> None:
@@ -75,25 +69,3 @@ def restore_rank_rng(saved: Any, d: DistInfo) -> None:
     """Restore this rank's RNG state from what :func:`gather_rng_states` saved."""
     set_rng_state(saved[d.rank] if isinstance(saved, list) and d.rank < len(saved) else saved)
 
-
-@contextlib.contextmanager
-def deterministic_mode(enabled: bool) -> Iterator[None]:
-    """Deterministic algorithms (torch, cuDNN, cuBLAS workspace) inside the block, when ``enabled``; the
-    previous settings are restored on exit, so a run leaves the process as it found it."""
-    if not enabled:
-        yield
-        return
-    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, os.environ.get(_CUBLAS))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    os.environ.setdefault(_CUBLAS, ":4096:8")
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
-        if prev[4] is None:
-            os.environ.pop(_CUBLAS, None)
-        else:
-            os.environ[_CUBLAS] = prev[4]

@@ -15,6 +15,10 @@ options and the run directory::
 Validation picks the best checkpoint after every epoch; the test split is scored **once**, at the end,
 with the best checkpoint's weights (not for a run stopped by ``stop_after``: it has not ended).
 
+``cfg.deterministic`` is a process-wide switch, so library code does not flip it: ``pdenets train`` runs
+the trainer inside :func:`pdenets.commands.train.deterministic_mode`; Python callers who want it wrap
+:meth:`Trainer.fit` the same way.
+
 Model-side options (duck-typed, all optional): ``model.param_lr_scales() -> dict[str, float]`` gives
 parameters their own lr factor (:mod:`pdenets.train.optim`); ``model.constrain_()`` is called under
 ``torch.no_grad()`` once before training and after every optimizer step (after the hooks' ``after_step``),
@@ -53,7 +57,7 @@ from pdenets.train.evaluate import autocast_ctx, evaluate
 from pdenets.train.metrics import MetricsLogger
 from pdenets.train.nan_guard import NanGuard, NaNInjector, first_nonfinite_grad, first_nonfinite_module
 from pdenets.train.optim import LrControl, build_optimizer, build_scheduler
-from pdenets.train.rng import deterministic_mode, gather_rng_states, restore_rank_rng, rng_state, seed_everything
+from pdenets.train.rng import gather_rng_states, restore_rank_rng, rng_state, seed_everything
 
 __all__ = ["Trainer", "TrainingDiverged", "evaluate", "resolve_resume", "train"]
 
@@ -147,10 +151,9 @@ class Trainer:
         t_start = time.time()
         self.dist = init_distributed(self.cfg.device)
         try:
-            with deterministic_mode(self.cfg.deterministic):
-                self.setup()
-                status, message = self.run_epochs(t_start)
-                self.summary = self.finish(status, message, t_start)
+            self.setup()
+            status, message = self.run_epochs(t_start)
+            self.summary = self.finish(status, message, t_start)
             return self.summary
         finally:
             if hasattr(self, "logger"):
