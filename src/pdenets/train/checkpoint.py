@@ -93,11 +93,6 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: str = "last") -> Path:
     return f if p.is_file() else f.parent
 
 
-def _weights_file(path: str | os.PathLike, which: str = "best") -> Path:
-    """The weights file of a checkpoint, artifact or run directory (:func:`pdenets.artifacts.resolve_artifact`)."""
-    return resolve_artifact(path, which)
-
-
 def read_weights(path: str | os.PathLike, prefer: str = "best") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict, metadata) of a checkpoint or artifact."""
     return read_artifact(path, prefer)
