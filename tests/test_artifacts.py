@@ -185,3 +185,21 @@ def test_which_best_and_last(artifacts, capsys):
     assert last["file"].endswith(os.path.join("last", "model.safetensors"))
     assert main(["eval", "-c", str(run), "--which", "last", "--out", str(artifacts / "eval-last")]) == 0
     assert "last" in capsys.readouterr().out
+
+
+def test_demo_runs_the_whole_spine(tmp_path, capsys):
+    """`pdenets demo` (shortened): train with the prox, verify, compress, export + onnxruntime check, one table,
+    summary.json with `compression` and `onnx`; the compressed artifact agrees with the recorded figures."""
+    pytest.importorskip("onnxruntime")
+    torch.set_num_threads(1)
+    run = tmp_path / "demo"
+    assert main(["demo", "--out", str(run), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "identical test predictions" in out and "ONNX (onnxruntime) max |difference|" in out
+    summary = json.loads((run / "summary.json").read_text())
+    c = summary["compression"]
+    assert set(c) >= {"params", "params_original", "identical_predictions", "max_rel_diff"}
+    assert c["identical_predictions"] and c["max_rel_diff"] < 1e-5 and summary["onnx"]["max_abs_diff"] < 1e-4
+    small = load(run / "compressed")
+    assert n_params(small) == c["params"] <= c["params_original"]
+    assert summary["val_top1"] is not None and summary["test_top1"] == pytest.approx(c["test_top1_original"])
