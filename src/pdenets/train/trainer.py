@@ -154,6 +154,7 @@ class Trainer:
             self.setup()
             status, message = self.run_epochs(t_start)
             self.summary = self.finish(status, message, t_start)
+            barrier(self.dist)  # rank 0 writes the report: let every rank reach the teardown together (gloo)
             return self.summary
         finally:
             if hasattr(self, "logger"):
