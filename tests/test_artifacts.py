@@ -203,3 +203,25 @@ def test_demo_runs_the_whole_spine(tmp_path, capsys):
     small = load(run / "compressed")
     assert n_params(small) == c["params"] <= c["params_original"]
     assert summary["val_top1"] is not None and summary["test_top1"] == pytest.approx(c["test_top1_original"])
+
+
+def test_bad_outputs_and_options_refused_before_work(artifacts, tmp_path, capsys):
+    """An unusable --out or --rtol is a one-line error (exit 2) before any work; nothing is written."""
+    run = str(artifacts / "run")
+    (tmp_path / "a_file").write_text("x")
+    cases = [(["symmetry", "compress", "-c", run, "--out", str(tmp_path / "c.pth")], "safetensors"),
+             (["symmetry", "compress", "-c", run, "--out", str(tmp_path / "a_file")], "existing file"),
+             (["symmetry", "compress", "-c", run, "--rtol", "nan", "--out", str(tmp_path / "c")], "--rtol"),
+             (["symmetry", "compress", "-c", run, "--rtol", "2", "--out", str(tmp_path / "c")], "--rtol"),
+             (["symmetry", "fold", "-c", run, "--out", str(tmp_path / "f.pt")], "safetensors"),
+             (["symmetry", "teleport", "-c", run, "--out", str(tmp_path / "t.pkl")], "safetensors")]
+    for argv, msg in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1 and "Traceback" not in err, argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    with pytest.raises(ArtifactError, match="which"):
+        load(run, which="first")
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load(tmp_path / "missing")

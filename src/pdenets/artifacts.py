@@ -41,8 +41,8 @@ META = "meta.json"
 EDITS_ATTR = "_pdenets_edits"
 _ALLOWED_PREFIXES = ("pdenets.", "torch.nn.")
 
-__all__ = ["FORMAT", "META", "WEIGHTS", "ArtifactError", "add_edit", "artifact_bytes", "edits", "load",
-           "load_artifact", "read_artifact", "resolve_artifact", "save_artifact"]
+__all__ = ["FORMAT", "META", "WEIGHTS", "ArtifactError", "add_edit", "artifact_bytes", "atomic_write_bytes", "edits",
+           "load", "load_artifact", "read_artifact", "resolve_artifact", "save_artifact"]
 
 
 class ArtifactError(UsageError):
@@ -124,7 +124,9 @@ def artifact_bytes(model: nn.Module, meta: dict[str, Any] | None = None) -> tupl
     return st_save(tensors, metadata={"pdenets": json.dumps(full, default=str)}), full
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and ``os.replace`` (never a partial file)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -143,13 +145,13 @@ def save_artifact(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any
     data, full = artifact_bytes(model, meta)
     if p.suffix == ".safetensors":
         p.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(p, data)
+        atomic_write_bytes(p, data)
         return p
     if p.exists() and not p.is_dir():
         raise ArtifactError(f"--out {str(p)!r} is a file; give a directory or a .safetensors file")
     p.mkdir(parents=True, exist_ok=True)
-    _atomic_write(p / WEIGHTS, data)
-    _atomic_write(p / META, json.dumps(full, indent=2, default=str).encode())
+    atomic_write_bytes(p / WEIGHTS, data)
+    atomic_write_bytes(p / META, json.dumps(full, indent=2, default=str).encode())
     return p / WEIGHTS
 
 

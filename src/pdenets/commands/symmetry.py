@@ -108,10 +108,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _threads(args) -> None:
-    import torch
+    from pdenets.commands.train import set_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
 
 def _parse_kwargs(items: list[str]) -> dict[str, Any]:
@@ -269,11 +268,11 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration(args, meta: dict[str, Any], x):
-    """Calibration images: the first --calib of the training split (the test split only scores)."""
+def _calibration(args, meta: dict[str, Any], x, y):
+    """Calibration images and labels: the first --calib of the training split (the test split only scores)."""
     if not meta.get("dataset"):
-        return x[: args.calib]
-    return test_data(meta, args.calib, split="train")[0]
+        return x[: args.calib], None if y is None else y[: args.calib]
+    return test_data(meta, args.calib, split="train")
 
 
 def run_teleport(args: argparse.Namespace) -> int:
@@ -291,8 +290,7 @@ def run_teleport(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps must be a positive integer, got {args.steps}")
     out = _check_out(args.out) if args.out else None
     model, meta, x, y = _model_and_data(args)
-    calib = _calibration(args, meta, x)
-    calib_y = test_data(meta, args.calib, split="train")[1] if y is not None and meta.get("dataset") else None
+    calib, calib_y = _calibration(args, meta, x, y)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = teleport(model, args.objective, steps=args.steps, lr=args.lr, inputs=calib, targets=calib_y,

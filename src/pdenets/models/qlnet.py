@@ -40,6 +40,15 @@ WIDTHS = (64, 128, 256, 512)
 SMALL_WIDTHS = (32, 64, 128, 256)
 
 
+def _resolve_block(block: str | type[QLBlock]) -> tuple[str, type[QLBlock] | None]:
+    """(equation name, block class or None for a registered equation) of QLNet's ``block`` argument."""
+    if isinstance(block, type) and issubclass(block, QLBlock):
+        return block.equation or block.__name__, block
+    if block in BLOCKS:
+        return block, None
+    raise ValueError(f"unknown equation/block {block!r}; expected one of {', '.join(BLOCKS)}")
+
+
 class QLNet(TimmClassifierMixin, nn.Module):
     """Quasi-linear hyperbolic ConvNet (Liu-Shao-Bai). One configurable class; see module docstring.
 
@@ -89,13 +98,7 @@ class QLNet(TimmClassifierMixin, nn.Module):
         **block_kwargs: Any,
     ) -> None:
         super().__init__()
-        if isinstance(block, type) and issubclass(block, QLBlock):
-            block_cls: type[QLBlock] | None = block
-            block = block.equation or block.__name__
-        elif block in BLOCKS:
-            block_cls = None
-        else:
-            raise ValueError(f"unknown equation/block {block!r}; expected one of {', '.join(BLOCKS)}")
+        block, block_cls = _resolve_block(block)
         act, placement = parse_act_spec(act)
         act_placement = act_placement or placement
         if act_placement not in ("ds", "all"):
@@ -115,7 +118,17 @@ class QLNet(TimmClassifierMixin, nn.Module):
         self.block_name, self.act_name, self.act_placement = block, act, act_placement
         self.layers, self.widths = tuple(layers), tuple(widths)
 
-        w0 = widths[0]
+        reduction = self._build_stem(stem, in_chans, widths[0], padding_mode)
+        kw = dict(multiplier=multiplier, weight_sharing=weight_sharing, radius=radius, padding_mode=padding_mode,
+                  zero_init_last=zero_init_last, **block_kwargs)
+        in_chs = self._build_stages(block, block_cls, reduction, act, drop_path_rate, kw)
+        self.final_act = create_act(act, in_chs, radius) if act_placement == "ds" else nn.Identity()
+        self.num_features = self.head_hidden_size = in_chs
+        self.global_pool, self.fc = create_classifier(in_chs, num_classes, pool_type=global_pool)
+        self._init_weights()
+
+    def _build_stem(self, stem: str, in_chans: int, w0: int, padding_mode: str) -> int:
+        """conv1 + bn1 + ReLU (+ max-pool for the ImageNet stem); returns the stem's reduction."""
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, w0, 7, stride=2, padding=3, bias=False, padding_mode=padding_mode)
             self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
@@ -126,31 +139,31 @@ class QLNet(TimmClassifierMixin, nn.Module):
             reduction = 1
         self.bn1 = nn.BatchNorm2d(w0)
         self.act1 = nn.ReLU(inplace=True)
+        return reduction
 
+    def _build_stages(self, block: str, block_cls: type[QLBlock] | None, reduction: int, act: str,
+                      drop_path_rate: float, kw: dict[str, Any]) -> int:
+        """``layer1`` ... ``layerN`` (first block of stages 2-N with stride 2; the activation after the
+        downsampling blocks, or after every block with ``act_placement='all'``); returns the last width."""
+        layers, widths = self.layers, self.widths
         total = sum(layers)
         dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.feature_info: list[dict[str, Any]] = []
-        in_chs, idx = w0, 0
+        in_chs, idx = widths[0], 0
         for i, (n_blocks, width) in enumerate(zip(layers, widths)):
             blocks = []
             for j in range(n_blocks):
-                stride = 2 if (i > 0 and j == 0) else 1
                 is_ds = i > 0 and j == 0
-                block_act = act if (act_placement == "all" or is_ds) else "none"
-                kw = dict(multiplier=multiplier, weight_sharing=weight_sharing, act=block_act, radius=radius,
-                          padding_mode=padding_mode, zero_init_last=zero_init_last, drop_path=dpr[idx],
-                          **block_kwargs)
-                blocks.append(block_cls(in_chs, width, stride, **kw) if block_cls is not None
-                              else create_block(block, in_chs, width, stride, **kw))
+                bkw = dict(kw, act=act if (self.act_placement == "all" or is_ds) else "none", drop_path=dpr[idx])
+                stride = 2 if is_ds else 1
+                blocks.append(block_cls(in_chs, width, stride, **bkw) if block_cls is not None
+                              else create_block(block, in_chs, width, stride, **bkw))
                 in_chs, idx = width, idx + 1
             if i > 0:
                 reduction *= 2
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"layer{i + 1}"))
-        self.final_act = create_act(act, in_chs, radius) if act_placement == "ds" else nn.Identity()
-        self.num_features = self.head_hidden_size = in_chs
-        self.global_pool, self.fc = create_classifier(in_chs, num_classes, pool_type=global_pool)
-        self._init_weights()
+        return in_chs
 
     @property
     def stages(self) -> list[nn.Sequential]:

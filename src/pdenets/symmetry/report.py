@@ -15,7 +15,7 @@ from pdenets.symmetry.compress import segment_writers, writer_matrix
 from pdenets.symmetry.fold import fold_bn, is_folded
 from pdenets.utils.plotting import save_figure
 
-__all__ = ["compression_markdown", "demo_summary", "demo_symmetry_table", "plot_pca_curve", "plot_spectra",
+__all__ = ["compression_markdown", "demo_summary", "plot_pca_curve", "plot_spectra",
            "plot_weight_histograms"]
 
 
@@ -124,23 +124,3 @@ def demo_summary(model: nn.Module, example_inputs: torch.Tensor, max_inputs: int
              f"verify: a random element of every segment's group applied to the weights ({x.shape[0]} inputs)",
              res.table(), f"({time.time() - t0:.1f} s)"]
     return "\n".join(lines)
-
-
-def demo_symmetry_table(model: nn.Module, run_dir: str | Path, summary: dict) -> tuple[str, str] | None:
-    """Post-training report of ``pdenets demo`` (``POST_TRAINING_REPORTS`` entry
-    ``"pdenets.symmetry.report:demo_symmetry_table"``): the per-segment group and verification tables on 16
-    test images, and the writer spectra figure ``symmetry_spectra.png`` in the run directory."""
-    from pdenets.datasets import build_dataset
-
-    if not hasattr(model, "stages"):
-        return None
-    ds = build_dataset(summary.get("dataset", "digits"), "val", img_size=summary.get("img_size"))
-    x = torch.stack([ds[i][0] for i in range(min(16, len(ds)))])
-    text = demo_summary(model, x)
-    body = f"```\n{text}\n```"
-    try:
-        plot_spectra({"trained": model}, Path(run_dir) / "symmetry_spectra.png", "writer-matrix spectra")
-        body += "\n\n![writer spectra](symmetry_spectra.png)"
-    except Exception:  # pragma: no cover - a figure must never break the job
-        pass
-    return "Continuous symmetry (exact groups, verified)", body

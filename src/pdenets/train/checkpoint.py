@@ -30,6 +30,7 @@ from pdenets.artifacts import (
     WEIGHTS,
     ArtifactError,
     artifact_bytes,
+    atomic_write_bytes,
     load_artifact,
     read_artifact,
     resolve_artifact,
@@ -42,17 +43,6 @@ CheckpointError = ArtifactError
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
