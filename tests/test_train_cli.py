@@ -66,7 +66,7 @@ def test_corrupt_training_state_on_resume(capsys, tmp_path, trained_run):
     state.write_bytes(state.read_bytes()[:100])
     before = state.read_bytes()
     _one_line_error(capsys, ["train", *TINY_CLI, "--epochs", "2", "--out", str(run), "--resume", "auto"],
-                    str(state), "corrupt or truncated")
+                    str(state), "fails its checksum (corrupt)", "nothing was changed")
     assert state.read_bytes() == before
 
 

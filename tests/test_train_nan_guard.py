@@ -86,15 +86,18 @@ def _cosine_lr(t: int, total: int, lr: float, lr_min: float = 0.0) -> float:
 
 
 def test_every_step_failing_stops_cleanly(tmp_path):
+    """Failures at every attempt: the guard gives up after K=3 within the window, the run is kept at its
+    start (epoch 0) as checkpoints/last — which exists although no epoch ended — and the message names it."""
     from pdenets.train.trainer import train
 
     with one_thread():
         s = train(dict(TINY, epochs=2, inject_nan_steps=[-1], nan_max_failures=3, out=str(tmp_path / "r")))
-    assert s["status"] == "diverged" and "3 non-finite steps in a row" in s["message"]
+    assert s["status"] == "diverged" and "3 non-finite steps within 100 step attempts" in s["message"]
     events = read_events(tmp_path / "r", "nan")
-    assert [e["consecutive"] for e in events] == [1, 2, 3] and events[-1]["stop"]
+    assert [e["in_window"] for e in events] == [1, 2, 3] and events[-1]["stop"]
     assert [e["lr_scale"] for e in events] == [0.5, 0.25, 0.125]
     assert read_events(tmp_path / "r", "stop")[0]["reason"] == "nan"
-    model, meta = load_model(tmp_path / "r/checkpoints/nan_stop")  # the saved good state loads
-    assert meta["step"] == 0 and all(torch.isfinite(p).all() for p in model.parameters())
+    model, meta = load_model(tmp_path / "r/checkpoints/last")  # the saved good state loads
+    assert meta["epoch"] == 0 and meta["step"] == 0 and all(torch.isfinite(p).all() for p in model.parameters())
+    assert f"--resume {tmp_path / 'r'} --lr" in s["message"] and str(tmp_path / "r/checkpoints/last") in s["message"]
     assert json.loads((tmp_path / "r/summary.json").read_text())["status"] == "diverged"

@@ -23,6 +23,7 @@ safetensors (e.g. a crafted ``.pth``) is refused before any of its bytes are int
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import json
 import os
@@ -40,9 +41,14 @@ WEIGHTS = "model.safetensors"
 META = "meta.json"
 EDITS_ATTR = "_pdenets_edits"
 _ALLOWED_PREFIXES = ("pdenets.", "torch.nn.")
+# Model attributes that state widths and class counts (timm's interface: ``reset_classifier`` and
+# ``features_only`` read them). They follow the tensor shapes, so a compressed model or a reset classifier
+# changes them; the artifact records those that differ from a fresh build (``attributes``) and sets them again.
+SHAPE_ATTRS = ("num_classes", "num_features", "head_hidden_size", "feature_info", "widths")
 
 __all__ = ["FORMAT", "META", "WEIGHTS", "ArtifactError", "add_edit", "artifact_bytes", "atomic_write_bytes", "edits",
-           "load", "load_artifact", "read_artifact", "resolve_artifact", "save_artifact"]
+           "feature_extractor", "load", "load_artifact", "read_artifact", "resolve_artifact", "save_artifact",
+           "tensor_checksum", "verify_checksums", "write_error"]
 
 
 class ArtifactError(UsageError):
@@ -72,19 +78,18 @@ def _class_path(mod: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _reference_modules(name: str, kwargs: dict[str, Any]) -> dict[str, type]:
-    """Module classes of the freshly built tree (built on the meta device: no memory, no init cost)."""
+def _reference(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """The freshly built tree (built on the meta device: no memory, no init cost)."""
     try:
         with torch.device("meta"):
-            ref = create_model(name, **copy.deepcopy(kwargs))
+            return create_model(name, **copy.deepcopy(kwargs))
     except Exception:  # a constructor that needs real tensors
-        ref = create_model(name, **copy.deepcopy(kwargs))
-    return {n: type(m) for n, m in ref.named_modules()}
+        return create_model(name, **copy.deepcopy(kwargs))
 
 
-def _module_specs(model: nn.Module, name: str, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+def _module_specs(model: nn.Module, reference: nn.Module) -> list[dict[str, Any]]:
     """The top-most modules of ``model`` whose class differs from the freshly built tree's."""
-    ref = _reference_modules(name, kwargs)
+    ref = {n: type(m) for n, m in reference.named_modules()}
     specs: list[dict[str, Any]] = []
     replaced: list[str] = []
     for mname, mod in model.named_modules():
@@ -108,31 +113,73 @@ def _metadata(model: nn.Module, meta: dict[str, Any] | None) -> dict[str, Any]:
         raise ArtifactError("this model carries no build record (name and constructor arguments): build it with "
                             "pdenets.create_model(name, ...) or load it with pdenets.load(path)")
     name, kwargs = rec["model"], rec["create_kwargs"]
+    ref = _reference(name, kwargs)
     out = dict(meta or {})
-    out.update(format=FORMAT, model=name, create_kwargs=kwargs, modules=_module_specs(model, name, kwargs),
+    out.update(format=FORMAT, model=name, create_kwargs=kwargs, modules=_module_specs(model, ref),
                edits=edits(model), params=sum(p.numel() for p in model.parameters()))
+    if attrs := _attributes(model, ref):
+        out["attributes"] = attrs
     return out
 
 
+def _jsonable(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _attributes(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
+    """The :data:`SHAPE_ATTRS` of ``model`` that differ from the freshly built tree's (JSON values)."""
+    out = {}
+    for k in SHAPE_ATTRS:
+        if hasattr(model, k) and hasattr(reference, k):
+            v = _jsonable(getattr(model, k))
+            if v is not None and v != _jsonable(getattr(reference, k)):
+                out[k] = v
+    return out
+
+
+def tensor_checksum(t: torch.Tensor) -> str:
+    """SHA-256 (hex) of a tensor's raw bytes in row-major order (dtype and shape are checked separately)."""
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"").hexdigest()
+
+
 def artifact_bytes(model: nn.Module, meta: dict[str, Any] | None = None) -> tuple[bytes, dict[str, Any]]:
-    """(safetensors bytes, metadata) of ``model``'s artifact."""
+    """(safetensors bytes, metadata) of ``model``'s artifact; the metadata's ``checksums`` maps every tensor
+    to :func:`tensor_checksum`, verified by :func:`read_artifact`."""
     from safetensors.torch import save as st_save
 
     model = _unwrap(model)
     full = _metadata(model, meta)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    full["checksums"] = {k: tensor_checksum(v) for k, v in tensors.items()}
     return st_save(tensors, metadata={"pdenets": json.dumps(full, default=str)}), full
 
 
+def write_error(path: str | os.PathLike, e: BaseException) -> ArtifactError:
+    """The one-line error for a failed write of ``path`` (full disk, quota, read-only, permissions)."""
+    detail = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return ArtifactError(f"cannot write {str(path)!r}: {detail} (disk full, quota, or no permission?); nothing "
+                         f"was replaced")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and ``os.replace`` (never a partial file)."""
+    """Write ``data`` to ``path`` through a temporary file, fsync and ``os.replace`` (never a partial file).
+    A failed write (e.g. a full disk) removes the temporary file, leaves ``path`` as it was and raises
+    :func:`write_error`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
 
 
 def save_artifact(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
@@ -200,7 +247,21 @@ def read_artifact(path: str | os.PathLike, which: str = "best") -> tuple[dict[st
         raise ArtifactError(f"{str(f)!r} has corrupt pdenets metadata") from None
     if not isinstance(meta, dict) or "model" not in meta:
         raise ArtifactError(f"{str(f)!r}: pdenets metadata without a model name")
+    verify_checksums(tensors, meta, f)
     return tensors, meta
+
+
+def verify_checksums(tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: Path) -> None:
+    """Compare every tensor with the checksum the writer recorded (artifacts of pdenets < 1.1 have none)."""
+    sums = meta.get("checksums")
+    if sums is None:
+        return
+    if set(sums) != set(tensors):
+        raise ArtifactError(f"{str(where)!r} is corrupt: its tensors do not match the list it was written with")
+    bad = [k for k, v in tensors.items() if tensor_checksum(v) != sums[k]]
+    if bad:
+        raise ArtifactError(f"{str(where)!r} is corrupt: {len(bad)} tensor(s) fail their checksum (first: "
+                            f"{bad[0]}); its bytes changed after it was written")
 
 
 # ---- rebuilding ----------------------------------------------------------------------------------------
@@ -264,6 +325,9 @@ def rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: Path)
         raise ArtifactError(f"{str(where)!r} does not match model {meta['model']!r}: missing "
                             f"{', '.join(missing[:3]) or '-'}{' ...' if len(missing) > 3 else ''}; unexpected "
                             f"{', '.join(unexpected[:3]) or '-'}{' ...' if len(unexpected) > 3 else ''}")
+    for k, v in (meta.get("attributes") or {}).items():
+        if k in SHAPE_ATTRS and hasattr(model, k):
+            setattr(model, k, tuple(v) if isinstance(getattr(model, k), tuple) else v)
     model.__dict__[EDITS_ATTR] = list(meta.get("edits", []))
     model.__dict__[BUILD_ATTR] = dict(model=meta["model"], create_kwargs=kwargs)
     return model
@@ -281,6 +345,32 @@ def load_artifact(path: str | os.PathLike, which: str = "best", device: str | to
     return model.to(device).eval(), meta
 
 
-def load(path: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu") -> nn.Module:
-    """``pdenets.load(path)``: the model of any artifact (see :func:`load_artifact`), in eval mode."""
-    return load_artifact(path, which, device)[0]
+def load(path: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu",
+         features_only: bool = False, out_indices: tuple[int, ...] | None = None) -> nn.Module:
+    """``pdenets.load(path)``: the model of any artifact (see :func:`load_artifact`), in eval mode.
+
+    ``features_only=True`` returns its feature extractor instead (:func:`feature_extractor`), as
+    ``timm.create_model(name, features_only=True, out_indices=...)`` does for a fresh model — with the
+    widths of the loaded one (a compressed model's feature maps have the compressed widths)."""
+    model = load_artifact(path, which, device)[0]
+    return feature_extractor(model, out_indices) if features_only else model
+
+
+def feature_extractor(model: nn.Module, out_indices: tuple[int, ...] | None = None) -> nn.Module:
+    """timm's ``features_only`` wrapper around a built model (its modules are shared, not copied), in eval mode.
+
+    ``FeatureGetterNet`` (the model's ``forward_intermediates``) where the model has one, else timm's default
+    ``FeatureListNet`` (the children run in order up to the last ``feature_info`` module). ``out_indices``
+    (default: every ``feature_info`` entry) picks the feature maps; ``.feature_info.channels()`` gives their
+    widths, which are the model's current ones (a compressed model carries them, docs/design.md §13).
+    """
+    from timm.models._features import FeatureGetterNet, FeatureListNet
+
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ArtifactError(f"{type(model).__name__} declares no feature_info: it has no features_only form")
+    idx = tuple(range(len(info))) if out_indices is None else tuple(out_indices)
+    if any(not isinstance(i, int) or not -len(info) <= i < len(info) for i in idx):
+        raise ArtifactError(f"out_indices {idx} out of range for {len(info)} feature levels")
+    cls = FeatureGetterNet if callable(getattr(model, "forward_intermediates", None)) else FeatureListNet
+    return cls(model, out_indices=idx).eval()

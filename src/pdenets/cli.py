@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from pdenets.errors import UsageError
+from pdenets.errors import RunFailed, UsageError
 from pdenets.symmetry import prox as _prox  # noqa: F401  (registers the nuclear-prox training hook)
 from pdenets.train import regularizer_hooks as _regularizer_hooks  # noqa: F401  (rh-tv, box, layer-smooth, ...)
 
@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"pdenets {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(f"pdenets {args.command}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"pdenets {args.command}: interrupted", file=sys.stderr)
         return 130

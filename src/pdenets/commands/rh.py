@@ -43,6 +43,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default=None, help="output folder (default runs/rh-<command>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="replace the training runs of an earlier invocation "
+                   "in OUT/runs (refused without it)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -130,7 +132,8 @@ def _setup(args: argparse.Namespace, name: str):
 
 def _cfg_kwargs(args: argparse.Namespace, **over) -> dict:
     """The command's training options for :func:`pdenets.analysis.rh_experiments.train_config`."""
-    return dict(dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.no_progress), **over)
+    return dict(dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.no_progress,
+                     overwrite=args.overwrite), **over)
 
 
 def _config(args: argparse.Namespace, model, n_train: int, steps: int, run_dir: Path, **over):

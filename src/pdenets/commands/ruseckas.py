@@ -29,6 +29,8 @@ def _common(p: argparse.ArgumentParser, lam: float) -> None:
                    "(default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--overwrite", action="store_true", help="replace the training runs of an earlier invocation "
+                   "in OUT/runs (refused without it)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -109,7 +111,8 @@ def _train(args: argparse.Namespace, name: str, data, run_dir: Path, batch_size:
     seed_everything(args.seed)  # before the model and the trainer's data order
     model = create_model(name, gamma_lr_scale=pick["gamma_lr_scale"], **model_kwargs)
     cfg = train_config(name, data.info.name, run_dir, epochs=pick["epochs"], lr=pick["lr"], opt=pick["optimizer"],
-                       batch_size=batch_size, lam=args.lam, clip=args.clip, momentum=args.momentum, seed=args.seed)
+                       batch_size=batch_size, lam=args.lam, clip=args.clip, momentum=args.momentum, seed=args.seed,
+                       overwrite=args.overwrite)
     print(f"{name}: {count_params(model)} parameters; {len(data.train)} train / {len(data.val)} val / "
           f"{len(data.test)} test; {cfg.opt} lr {cfg.lr:g} (γ̃ ×{pick['gamma_lr_scale']:g}), {cfg.epochs} epochs "
           f"of batch {cfg.batch_size}, hooks {cfg.hooks}, clip {cfg.clip_grad}; run directory {run_dir}", flush=True)

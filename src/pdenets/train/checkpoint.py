@@ -16,6 +16,7 @@ landed between the two renames. A corrupt or truncated file raises :class:`Check
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ from pdenets.artifacts import (
     load_artifact,
     read_artifact,
     resolve_artifact,
+    write_error,
 )
 
 STATE = "state.pt"
@@ -52,27 +54,64 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def save_checkpoint(ckpt_dir: str | os.PathLike, model: nn.Module, meta: dict[str, Any],
                     train_state: dict[str, Any] | None = None) -> Path:
     """Write checkpoint directory ``ckpt_dir`` (the artifact of ``model`` with ``meta``, and ``train_state``
-    if given) atomically (see module docstring); returns its path."""
+    if given) atomically (see module docstring); returns its path. A failed write (full disk, quota) removes
+    the temporary directory, leaves the previous checkpoint intact and raises a one-line error naming it."""
     final = Path(ckpt_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     old = final.with_name(f"{final.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    data, full = artifact_bytes(model, meta)
-    (tmp / WEIGHTS).write_bytes(data)
-    _fsync_file(tmp / WEIGHTS)
-    if train_state is not None:
-        torch.save(train_state, tmp / STATE)
-        _fsync_file(tmp / STATE)
-    (tmp / META).write_text(json.dumps(full, indent=2, default=str))
-    _fsync_file(tmp / META)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _write_checkpoint_files(tmp, model, meta, train_state)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(final, e) from None
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_checkpoint_files(tmp: Path, model: nn.Module, meta: dict[str, Any],
+                            train_state: dict[str, Any] | None) -> None:
+    """model.safetensors, state.pt (its SHA-256 goes into meta.json) and meta.json (last), each fsynced."""
+    data, full = artifact_bytes(model, meta)
+    (tmp / WEIGHTS).write_bytes(data)
+    _fsync_file(tmp / WEIGHTS)
+    if train_state is not None:
+        torch.save(train_state, tmp / STATE)
+        _fsync_file(tmp / STATE)
+        full["state_sha256"] = _file_sha256(tmp / STATE)
+    (tmp / META).write_text(json.dumps(full, indent=2, default=str))
+    _fsync_file(tmp / META)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_problem(ckpt_dir: str | os.PathLike) -> str | None:
+    """Why ``ckpt_dir`` is not a complete, resumable checkpoint (a missing file, a checksum that fails), or
+    None when it is one. Cheap: the weights are checked when they are read."""
+    d = Path(ckpt_dir)
+    for name in (WEIGHTS, META, STATE):
+        if not (d / name).is_file():
+            return f"{d / name} is missing"
+    try:
+        meta = json.loads((d / META).read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"{d / META} is unreadable"
+    want = meta.get("state_sha256")
+    if want is not None and _file_sha256(d / STATE) != want:
+        return f"{d / STATE} fails its checksum (corrupt)"
+    return None
 
 
 def resolve_checkpoint(path: str | os.PathLike, prefer: str = "last") -> Path:
@@ -100,6 +139,9 @@ def load_training_state(ckpt: str | os.PathLike) -> dict[str, Any]:
     f = p if p.is_file() else p / STATE
     if not f.is_file():
         raise CheckpointError(f"no training state {str(f)!r} (only 'last' checkpoints can be resumed)")
+    problem = checkpoint_problem(f.parent) if (f.parent / META).is_file() else None
+    if problem is not None and STATE in problem:
+        raise CheckpointError(f"training state {str(f)!r} is corrupt: {problem}; resume from another checkpoint")
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:

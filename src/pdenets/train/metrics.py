@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -45,16 +46,37 @@ class MetricsLogger:
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec, default=float) + "\n")
 
+    def _rows(self) -> list[dict[str, Any]]:
+        path = self.dir / "metrics.csv"
+        if not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            return [r for r in csv.DictReader(f) if (r.get("epoch") or "").isdigit()]
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv atomically (a kill or a full disk leaves the previous file, never half a row)."""
+        from pdenets.artifacts import atomic_write_bytes
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_bytes(self.dir / "metrics.csv", buf.getvalue().encode())
+
+    def truncate(self, epochs_done: int) -> None:
+        """Keep the metrics.csv rows of epochs 1..``epochs_done`` (a resumed run trains the others again)."""
+        if self.enabled:
+            rows = self._rows()
+            keep = [r for r in rows if int(r["epoch"]) <= epochs_done]
+            if len(keep) != len(rows):
+                self._write_rows(keep)
+
     def log_epoch(self, row: dict[str, Any]) -> None:
+        """One metrics.csv row per epoch (a row of the same epoch, left by a killed run, is replaced)."""
         if not self.enabled:
             return
-        path = self.dir / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.CSV_FIELDS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        rows = [r for r in self._rows() if int(r["epoch"]) < int(row["epoch"])]
+        self._write_rows([*rows, row])
         self._jsonl({"event": "epoch", "time": time.time(), **row})
         if self.tb is not None:
             for k, v in row.items():

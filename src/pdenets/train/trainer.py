@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from pdenets.errors import UsageError
+from pdenets.errors import RunFailed, UsageError
 from pdenets.train import checkpoint as ckpt
 from pdenets.train.build import (
     build_model,
@@ -55,34 +55,49 @@ from pdenets.train.data import DataSplits, batch_indices, build_loaders, to_devi
 from pdenets.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from pdenets.train.evaluate import autocast_ctx, evaluate
 from pdenets.train.metrics import MetricsLogger
-from pdenets.train.nan_guard import NanGuard, NaNInjector, first_nonfinite_grad, first_nonfinite_module
+from pdenets.train.nan_guard import (
+    NanGuard,
+    NaNInjector,
+    first_nonfinite_grad,
+    first_nonfinite_module,
+    first_nonfinite_state,
+)
 from pdenets.train.optim import LrControl, build_optimizer, build_scheduler
+from pdenets.train.resume import ResumePlan, plan_resume
 from pdenets.train.rng import gather_rng_states, restore_rank_rng, rng_state, seed_everything
+from pdenets.train.rundir import RunLock, auto_resume_checkpoint, clear_run, existing_run
 
 __all__ = ["Trainer", "TrainingDiverged", "evaluate", "resolve_resume", "train"]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunFailed):
     """A non-finite step without the NaN guard (with it, the run stops with status 'diverged' instead)."""
 
 
 def resolve_resume(cfg: TrainConfig, run_dir: Path) -> Path | None:
-    """The 'last' checkpoint directory to resume from: ``cfg.resume`` a path, or 'auto' (``run_dir``'s, if any)."""
+    """The 'last' checkpoint directory to resume from: ``cfg.resume`` a path, or 'auto' (the newest complete
+    checkpoint of ``run_dir``; None for a directory without a run; an error for a run without a complete
+    checkpoint, see :func:`pdenets.train.rundir.auto_resume_checkpoint`)."""
     if not cfg.resume:
         return None
     if cfg.resume == "auto":
-        try:
-            p = ckpt.resolve_checkpoint(run_dir, prefer="last")
-        except ckpt.CheckpointError:
-            return None
-        return p if (p / ckpt.STATE).is_file() else None
+        return auto_resume_checkpoint(run_dir)
     p = ckpt.resolve_checkpoint(cfg.resume, prefer="last")
     if p.is_file():
         p = p.parent
-    if not (p / ckpt.STATE).is_file():
-        raise ckpt.CheckpointError(f"cannot resume from {str(p)!r}: no {ckpt.STATE} (only 'last' checkpoints "
-                                   f"hold the training state)")
+    problem = ckpt.checkpoint_problem(p)
+    if problem is not None:
+        raise ckpt.CheckpointError(f"cannot resume from {str(p)!r}: {problem} (only complete 'last' "
+                                   f"checkpoints hold the training state)")
     return p
+
+
+def _artifact_epoch(path: Path) -> int | None:
+    """The ``epoch`` recorded in a checkpoint's meta.json (None when it has none or cannot be read)."""
+    try:
+        return int(json.loads((path / ckpt.META).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def set_train_mode(model: nn.Module, freeze_bn: bool = False) -> None:
@@ -133,7 +148,7 @@ class Trainer:
         self.cfg = cfg.validate(check_dataset=data is None)
         self._given_model, self._given_data = model, data
         self.run_dir = Path(cfg.out)
-        self.epoch, self.step = 0, 0
+        self.epoch, self.step, self.attempts = 0, 0, 0
         self.best: dict[str, float] = dict(top1=-1.0, loss=math.inf, epoch=-1)
         self._best_state: dict[str, torch.Tensor] | None = None
         self._final: nn.Module | None = None
@@ -150,6 +165,7 @@ class Trainer:
         nan_failures, ..."""
         t_start = time.time()
         self.dist = init_distributed(self.cfg.device)
+        self._lock: RunLock | None = None
         try:
             self.setup()
             status, message = self.run_epochs(t_start)
@@ -159,6 +175,8 @@ class Trainer:
         finally:
             if hasattr(self, "logger"):
                 self.logger.close()
+            if self._lock is not None:
+                self._lock.release()
             cleanup(self.dist)
 
     @property
@@ -181,8 +199,9 @@ class Trainer:
         """Run directory, data, model, optimizer, scheduler, EMA, hooks, NaN guard; resume if asked."""
         cfg, d = self.cfg, self.dist
         self._prepare_run_dir()
+        self.resume_state = ckpt.load_training_state(self.resume_dir) if self.resume_dir is not None else None
+        self.plan = self._plan_resume()
         seed_everything(cfg.seed)
-        self.resume_dir = resolve_resume(cfg, self.run_dir)
         self.logger = MetricsLogger(self.run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard)
         self.loaders = build_loaders(cfg, d, self._given_data)
         self.info = self.loaders.info
@@ -200,31 +219,46 @@ class Trainer:
                          crop_pct=cfg.crop_pct, params=self.n_params, init_from=cfg.init_from)
         if self.resume_dir is not None:
             self.restore(self.resume_dir)
-            self.logger.log_event(dict(event="resume", checkpoint=str(self.resume_dir), epoch=self.epoch,
-                                       step=self.step))
-        elif d.is_main:
-            self._clear_previous_run()
+            self._after_resume()
         if d.is_main:
             import yaml
 
             ckpt.atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if self.guard is not None:
-            self.guard.snapshot(self.step)
+            self.guard.snapshot_epoch(self.step, self._epoch_extra())
         self.train_net = self._wrap(self.net)
 
     def _prepare_run_dir(self) -> None:
+        """Rank 0 locks the run directory, drops temporary checkpoints of killed runs and refuses to replace
+        an earlier run without ``overwrite``; then every rank picks the checkpoint to resume from."""
+        error = ""
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in (self.run_dir / "checkpoints").glob("*.tmp-*"):  # left by a run killed while saving
-                shutil.rmtree(stale, ignore_errors=True)
-        barrier(self.dist)
+            try:
+                self._claim_run_dir()
+            except UsageError as e:
+                error = str(e)
+        if self._flag(bool(error)):
+            raise UsageError(error or "rank 0 refused the run directory (see its message)")
+        self.resume_dir = resolve_resume(self.cfg, self.run_dir)
 
-    def _clear_previous_run(self) -> None:
-        """A fresh run in an existing directory: drop the old metrics and best/nan_stop checkpoints."""
-        for f in ("metrics.csv", "metrics.jsonl"):
-            (self.run_dir / f).unlink(missing_ok=True)
-        for name in ("best", "best.old", "nan_stop", "nan_stop.old"):
-            shutil.rmtree(self.run_dir / "checkpoints" / name, ignore_errors=True)
+    def _claim_run_dir(self) -> None:
+        cfg, run = self.cfg, self.run_dir
+        if run.exists() and not run.is_dir():
+            raise UsageError(f"--out {str(run)!r} is a file; give a directory")
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create the run directory {str(run)!r}: {e.strerror}") from None
+        self._lock = RunLock(run).acquire()
+        for stale in (run / "checkpoints").glob("*.tmp-*"):  # left by a run killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
+        if resolve_resume(cfg, run) is not None:
+            return
+        found = existing_run(run)
+        if found and not cfg.overwrite:
+            raise UsageError(f"{run} already holds a run ({', '.join(found)}); continue it with --resume auto, "
+                             f"replace it with --overwrite, or choose another --out")
+        clear_run(run)  # an empty directory, or --overwrite: start clean (also events of a killed first epoch)
 
     def _setup_model(self) -> nn.Module:
         """The given model, else the resume checkpoint's artifact, else ``--init-from``'s, else ``cfg.model``."""
@@ -276,8 +310,8 @@ class Trainer:
         if cfg.nan_guard:
             self.guard = NanGuard(self.net, self.optimizer, scaler=self.scaler, ema=self.ema, hooks=self.hooks,
                                   snapshot_every=cfg.nan_snapshot_every, lr_factor=cfg.nan_lr_factor,
-                                  max_failures=cfg.nan_max_failures, log_event=self.logger.log_event,
-                                  checkpoint_restore=self._restore_last)
+                                  max_failures=cfg.nan_max_failures, window=cfg.nan_window,
+                                  log_event=self.logger.log_event, checkpoint_restore=self._restore_last)
         self.injector = NaNInjector(self.net, cfg.inject_nan_module, cfg.inject_nan_steps) \
             if cfg.inject_nan_steps else None
 
@@ -305,9 +339,9 @@ class Trainer:
             hooks=[h.state_dict() for h in self.hooks],
             nan_guard=self.guard.state_dict() if self.guard is not None else None,
             progress=dict(epoch=epoch_done, step=self.step, best_top1=self.best["top1"],
-                          best_epoch=self.best["epoch"], best_loss=self.best["loss"]),
+                          best_epoch=self.best["epoch"], best_loss=self.best["loss"], attempts=self.attempts),
             sched_lrs=list(self.lrc.sched_lrs), rng=self._rng if self._rng is not None else rng_state(),
-            world_size=self.dist.world_size,
+            world_size=self.dist.world_size, config=self.cfg.to_dict(),
         )
 
     def save(self, name: str = "last", epoch_done: int | None = None) -> Path | None:
@@ -328,29 +362,63 @@ class Trainer:
 
     def restore(self, ckpt_dir: str | Path, *, full: bool = True) -> None:
         """Load a 'last' checkpoint: weights, optimizer and grad scaler; with ``full`` (resume) also the
-        scheduler, EMA, hooks, NaN guard, progress, lr state and this rank's RNG states."""
+        scheduler, EMA, hooks, NaN guard, progress, lr state and this rank's RNG states — and the options
+        the resume changes (:attr:`plan`, :mod:`pdenets.train.resume`) are applied on top."""
         tensors, _ = ckpt.read_weights(ckpt_dir)
-        state = ckpt.load_training_state(ckpt_dir)
+        state = self.resume_state if full and self.resume_state is not None else ckpt.load_training_state(ckpt_dir)
+        plan = self.plan if full else ResumePlan()
         self.net.load_state_dict(tensors)
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        if plan.changes:  # the new weight decay, momentum, base lr ... replace the saved hyperparameters
+            for g, f in zip(self.optimizer.param_groups, fresh):
+                g.update({k: v for k, v in f.items() if k != "lr"})
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if not full:
             return
-        if self.scheduler is not None and state.get("scheduler") is not None:
+        if self.scheduler is not None and state.get("scheduler") is not None and not plan.rebuild_schedule:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         for h, hs in zip(self.hooks, state.get("hooks", [])):
             h.load_state_dict(hs)
-        if self.guard is not None and state.get("nan_guard"):
+        if self.guard is not None and state.get("nan_guard") and not plan.reset_guard:
             self.guard.load_state_dict(state["nan_guard"])
         p = state["progress"]
         self.epoch, self.step = int(p["epoch"]), int(p["step"])
+        self.attempts = int(p.get("attempts", self.step))
         self.best = dict(top1=float(p["best_top1"]), epoch=int(p["best_epoch"]),
                          loss=float(p.get("best_loss", math.inf)))
-        self.lrc.sched_lrs = list(state["sched_lrs"])
+        if plan.rebuild_schedule:
+            self.lrc.schedule(self.guard_scale, num_updates=self.step)  # the new schedule at this step
+        else:
+            self.lrc.sched_lrs = list(state["sched_lrs"])
+        self.lrc.apply(self.guard_scale)
         restore_rank_rng(state["rng"], self.dist)
+
+    def _plan_resume(self) -> ResumePlan:
+        """The resume's changes of options (refused ones raise, see :mod:`pdenets.train.resume`)."""
+        if self.resume_state is None:
+            return ResumePlan()
+        st = self.resume_state
+        return plan_resume(st.get("config"), self.cfg.to_dict(), where=str(self.resume_dir),
+                           epochs_done=int(st["progress"]["epoch"]), old_world=st.get("world_size"),
+                           new_world=self.dist.world_size)
+
+    def _after_resume(self) -> None:
+        """Log (and say) the resume and what it changes; repair ``best/`` when a kill landed between the
+        'last' and 'best' writes of the resumed epoch; drop metrics rows of epochs that are trained again."""
+        msg = self.plan.describe()
+        self.logger.log_event(dict(event="resume", checkpoint=str(self.resume_dir), epoch=self.epoch,
+                                   step=self.step, changes={k: list(v) for k, v in self.plan.changes.items()}))
+        if self.dist.is_main:
+            if msg:
+                tqdm.write(f"resume at epoch {self.epoch}: {msg} (lr now {self.lrc.lr:.3g})", file=sys.stderr)
+            self.logger.truncate(self.epoch)
+            best_dir = self.run_dir / "checkpoints" / "best"
+            if self.best["epoch"] == self.epoch and self.epoch > 0 and _artifact_epoch(best_dir) != self.epoch:
+                self.save_best(self.best["top1"])
 
     def _restore_last(self) -> bool:
         """The NaN guard's rollback with ``nan_snapshot_every=0``: weights + optimizer of checkpoints/last."""
@@ -365,17 +433,21 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------------------
     def run_epochs(self, t_start: float) -> tuple[str, str]:
-        """Epochs from the current one to ``cfg.epochs``; returns (status, message)."""
+        """Epochs from the current one to ``cfg.epochs``; returns (status, message). An epoch whose
+        validation loss is not finite is trained again from its start (NaN guard)."""
         cfg = self.cfg
-        epochs_run = 0
-        for epoch in range(self.epoch, cfg.epochs):
+        epochs_run, epoch = 0, self.epoch
+        while epoch < cfg.epochs:
             t_ep = time.time()
-            if self.train_epoch(epoch):
-                return "diverged", self._stop_diverged(epoch)
-            self.end_epoch(epoch, t_ep, t_start)
+            outcome = "stop" if self.train_epoch(epoch) else self.end_epoch(epoch, t_ep, t_start)
+            if outcome == "stop":
+                return "diverged", self._give_up(epoch)
+            if outcome == "retry":
+                continue
+            epoch += 1
             epochs_run += 1
-            if cfg.stop_after and epochs_run >= cfg.stop_after and epoch + 1 < cfg.epochs:
-                self.logger.log_event(dict(event="stop", reason="stop_after", epoch=epoch + 1, step=self.step))
+            if cfg.stop_after and epochs_run >= cfg.stop_after and epoch < cfg.epochs:
+                self.logger.log_event(dict(event="stop", reason="stop_after", epoch=epoch, step=self.step))
                 return "stopped", ""
         return "completed", ""
 
@@ -421,11 +493,19 @@ class Trainer:
                 pen = h.penalty(self.net)
                 if pen is not None:
                     loss = loss + pen
+        self.attempts += 1
         reason, bad_param = self._backward(loss, out)
         if reason:
             return self._handle_failure(reason, bad_param, x, epoch, batch)
         self._optimizer_step()
-        self._after_step()
+        self._apply_constraints()
+        checked = self._check_weights_now()
+        if checked:
+            bad = first_nonfinite_state(self.net) if self.guard is not None else None
+            if self._flag(bad is not None):
+                self.step -= 1  # the step is undone by the rollback
+                return self._handle_failure("non-finite weights after the step", bad, x, epoch, batch)
+        self._after_step(checked)
         with torch.no_grad():
             self._sums[0] += loss.item() * len(y)
             self._sums[1] += int((out.argmax(1) == y).sum())
@@ -454,13 +534,14 @@ class Trainer:
     def _handle_failure(self, reason: str, bad_param: str | None, x: torch.Tensor, epoch: int, batch: int) -> str:
         step = self.step
         if self.guard is None:
-            raise TrainingDiverged(f"{reason} at step {step} (epoch {epoch + 1}, batch {batch}); enable the NaN "
-                                   f"guard (--nan-guard) to roll back and continue")
-        module = first_nonfinite_module(self.net, lambda: self.net(x))
+            raise TrainingDiverged(f"{reason} at step {step} (epoch {epoch + 1}, batch {batch}); the run is kept "
+                                   f"at its last checkpoint; turn the NaN guard on (--nan-guard on) to roll back "
+                                   f"and continue")
+        module = first_nonfinite_module(self.net, lambda: self.net(x)) if "weights" not in reason else None
         idx = self._idx_batches
         samples = idx[batch] if idx is not None and batch < len(idx) else []
         stop = self.guard.handle(step=step, epoch=epoch + 1, batch=batch, reason=reason, sample_indices=samples,
-                                 module=module, param=bad_param)
+                                 module=module, param=bad_param, attempt=self.attempts)
         self.lrc.apply(self.guard.lr_scale)
         if self.dist.is_main:
             tqdm.write(f"NaN guard: {reason} at step {step} (epoch {epoch + 1}, batch {batch}), first in module "
@@ -483,31 +564,59 @@ class Trainer:
             self.optimizer.step()
         self.step += 1
 
-    def _after_step(self) -> None:
-        """Hooks' after_step, the model's constraint, EMA, the schedule and the guard's bookkeeping."""
+    def _apply_constraints(self) -> None:
+        """Hooks' after_step (proximal steps ...) and the model's constraint, right after the optimizer step."""
         if self.hooks:
             lr_now = self.lrc.lr
             with torch.no_grad():
                 for h in self.hooks:
                     h.after_step(self.net, lr_now)
         constrain(self.net)
+
+    def _check_weights_now(self) -> bool:
+        k = self.cfg.nan_check_every
+        return self.guard is not None and k > 0 and self.step % k == 0
+
+    def _after_step(self, checked: bool = True) -> None:
+        """EMA, the schedule and the guard's bookkeeping (a snapshot only of weights that were checked)."""
         if self.ema is not None:
             self.ema.update(self.net, step=self.step)
         self.lrc.schedule(self.guard_scale, num_updates=self.step)
         if self.guard is not None:
-            self.guard.good_step(self.step)
+            self.guard.good_step(self.step, checked=checked)
 
-    def _stop_diverged(self, epoch: int) -> str:
-        where = self.save("nan_stop", epoch)
-        msg = (f"training stopped: {self.cfg.nan_max_failures} non-finite steps in a row at step {self.step} "
-               f"(epoch {epoch + 1}); the last good state is saved in {where}; resume from "
-               f"{self.run_dir / 'checkpoints' / 'last'} with a smaller --lr")
+    def _epoch_extra(self) -> dict[str, Any]:
+        """What the epoch snapshot keeps besides the model state: the step and the schedule's lr values."""
+        return dict(sched_lrs=list(self.lrc.sched_lrs), attempts=self.attempts)
+
+    def _rewind_to_epoch_start(self) -> None:
+        """Load the NaN guard's epoch-boundary state (weights, optimizer, EMA, hooks, step, schedule)."""
+        extra = self.guard.restore_epoch()
+        self.step = int(extra["step"])
+        self.lrc.sched_lrs = list(extra["sched_lrs"])
+        self.lrc.apply(self.guard_scale)
+
+    def _give_up(self, epoch: int) -> str:
+        """The NaN guard gives up: back to the last completed epoch, kept as checkpoints/last (written now
+        if the failures came in the first epoch); the message says what happened and how to continue."""
+        g, cfg = self.guard, self.cfg
+        self._rewind_to_epoch_start()
+        last = self.run_dir / "checkpoints" / "last"
+        if self.dist.is_main and (self.epoch == 0 or ckpt.checkpoint_problem(last) is not None):
+            self.save("last", self.epoch)
+        lr = cfg.lr * g.lr_scale * 0.1
+        msg = (f"training diverged: {len(g.recent)} non-finite steps within {cfg.nan_window} step attempts (last "
+               f"at step {self.step}, epoch {epoch + 1}; {g.total_failures} in all, lr reduced to x{g.lr_scale:g}); "
+               f"the run is kept at the end of epoch {self.epoch} in {last}; continue with: pdenets train "
+               f"--resume {self.run_dir} --lr {lr:.3g}")
         self.logger.log_event(dict(event="stop", reason="nan", step=self.step, epoch=epoch + 1, message=msg))
         return msg
 
     # ---- end of an epoch -----------------------------------------------------------------------------
-    def end_epoch(self, epoch: int, t_ep: float, t_start: float) -> None:
-        """Epoch-wise schedule, validation, metrics row, 'last' and (if better) 'best' checkpoints."""
+    def end_epoch(self, epoch: int, t_ep: float, t_start: float) -> str:
+        """Epoch-wise schedule, validation, metrics row, 'last' and (if better) 'best' checkpoints; returns
+        'ok', or 'retry' / 'stop' when the validation loss is not finite (NaN guard: the epoch is trained
+        again from its start at a reduced lr, or the guard gives up)."""
         d = self.dist
         self.lrc.schedule(self.guard_scale, epoch=epoch + 1)
         ep_seconds = time.time() - t_ep
@@ -519,6 +628,8 @@ class Trainer:
             if self.ema is not None:
                 distribute_bn(self.ema.module, d.world_size, reduce=True)
         val = self.validate()
+        if not math.isfinite(val["loss"]):
+            return self._failed_validation(epoch)
         self.epoch = epoch + 1
         b = self.best
         is_best = val["top1"] > b["top1"] or (val["top1"] == b["top1"] and val["loss"] < b["loss"])
@@ -532,10 +643,27 @@ class Trainer:
         self.logger.log_epoch(row)
         self._print_epoch(row)
         self._rng = gather_rng_states(d)  # every rank's streams, so that resume continues each of them
-        self.save("last", self.epoch)
+        self.save("last", self.epoch)  # a kill before 'best' is written: resume repairs it (_after_resume)
         if is_best:
             self.save_best(val["top1"])
+        if self.guard is not None:
+            self.guard.snapshot_epoch(self.step, self._epoch_extra())
         barrier(d)
+        return "ok"
+
+    def _failed_validation(self, epoch: int) -> str:
+        """A non-finite validation loss: a NaN-guard failure (back to the epoch's start, lr reduced)."""
+        reason = f"non-finite validation loss after epoch {epoch + 1}"
+        if self.guard is None:
+            raise TrainingDiverged(f"{reason}; the run is kept at its last checkpoint; turn the NaN guard on "
+                                   f"(--nan-guard on) to roll back and continue")
+        stop = self.guard.handle(step=self.step, epoch=epoch + 1, batch=-1, reason=reason, sample_indices=[],
+                                 module=None, attempt=self.attempts, restore=False)
+        self._rewind_to_epoch_start()
+        if self.dist.is_main:
+            tqdm.write(f"NaN guard: {reason}; back to the start of the epoch, lr x{self.guard.lr_scale:g}",
+                       file=sys.stderr)
+        return "stop" if stop else "retry"
 
     def validate(self) -> dict[str, Any]:
         """Top-1 / top-5 / loss of the evaluated weights on the validation split."""
