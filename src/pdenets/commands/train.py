@@ -83,12 +83,19 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
     g.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke runs)")
     g.add_argument("--stop-after", type=int, help="stop after N epochs of this invocation (resume later)")
+    g.add_argument("--overwrite", action="store_const", const=True, help="let a fresh run replace an earlier run "
+                   "in --out (its checkpoints, metrics and report are deleted); without it that is refused")
     g = p.add_argument_group("NaN guard")
     g.add_argument("--nan-guard", type=_bool, metavar="BOOL", help="on (default) / off")
     g.add_argument("--nan-snapshot-every", type=int, metavar="N", help="in-memory snapshot every N good steps "
                    "(0: roll back to the last checkpoint)")
     g.add_argument("--nan-lr-factor", type=float, help="lr multiplier per failure (default 0.5)")
-    g.add_argument("--nan-max-failures", type=int, metavar="K", help="stop after K failures in a row (default 5)")
+    g.add_argument("--nan-max-failures", type=int, metavar="K", help="stop after K failures within the window "
+                   "(default 5)")
+    g.add_argument("--nan-window", type=int, metavar="M", help="window of step attempts over which failures "
+                   "are counted (default 100)")
+    g.add_argument("--nan-check-every", type=int, metavar="N", help="check that the parameters and buffers are "
+                   "finite after every N-th optimizer step (default 1; 0: never)")
     g.add_argument("--inject-nan-steps", type=int, nargs="+", metavar="STEP",
                    help="fault injection (testing): NaN output at these step attempts (-1: all)")
     g.add_argument("--inject-nan-module", help="module whose output the injection replaces")

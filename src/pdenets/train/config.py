@@ -38,11 +38,14 @@ class TrainConfig:
         log_interval, max_steps_per_epoch (None: the whole epoch; for smoke runs and tests), stop_after
         (stop after this many epochs of this invocation; the schedule still spans ``epochs``).
     NaN guard: nan_guard (on/off), nan_snapshot_every (in-memory snapshot every N good steps; 0: use the
-        last checkpoint), nan_lr_factor (lr multiplier per failure), nan_max_failures (consecutive failures
-        before stopping), nan_check_grads; inject_nan_steps / inject_nan_module: fault injection for tests
+        last checkpoint), nan_lr_factor (lr multiplier per failure), nan_max_failures (failures within
+        nan_window step attempts before stopping), nan_window, nan_check_grads, nan_check_every (check the
+        parameters and buffers after every N-th optimizer step; 0: never);
+        inject_nan_steps / inject_nan_module: fault injection for tests
         (optimizer-step attempts at which the output of that module is replaced by NaN; -1: every step).
     Output: out (run directory), report (figures + report.md; summary.json is always written), resume
-        (None, a checkpoint path, a run directory or 'auto').
+        (None, a checkpoint path, a run directory or 'auto'), overwrite (a fresh run may replace an earlier
+        run in ``out``; without it that is refused — nothing of a run is deleted unasked).
     Start: init_from (an artifact, checkpoint or run directory: a fresh run starts from its weights *and*
         structure, e.g. a compressed model keeps its widths; ``model`` becomes its model name),
         init_which ('best' or 'last' checkpoint of a run directory).
@@ -107,6 +110,8 @@ class TrainConfig:
     nan_snapshot_every: int = 50
     nan_lr_factor: float = 0.5
     nan_max_failures: int = 5
+    nan_window: int = 100
+    nan_check_every: int = 1
     nan_check_grads: bool = True
     inject_nan_steps: list[int] = field(default_factory=list)
     inject_nan_module: str | None = None
@@ -114,6 +119,7 @@ class TrainConfig:
     out: str = "runs/train"
     report: bool = True
     resume: str | None = None
+    overwrite: bool = False
     recipe: str | None = None
     # start
     init_from: str | None = None
@@ -148,6 +154,11 @@ class TrainConfig:
             raise UsageError(f"--nan-lr-factor must be in (0, 1], got {self.nan_lr_factor!r}")
         if self.nan_max_failures < 1:
             raise UsageError(f"--nan-max-failures must be a positive integer, got {self.nan_max_failures!r}")
+        if self.nan_window < self.nan_max_failures:
+            raise UsageError(f"--nan-window must be at least --nan-max-failures ({self.nan_max_failures}), got "
+                             f"{self.nan_window!r}")
+        if self.nan_check_every < 0:
+            raise UsageError(f"--nan-check-every must be non-negative, got {self.nan_check_every!r}")
         if self.amp not in (None, "bf16", "fp16"):
             raise UsageError(f"--amp must be 'bf16' or 'fp16', got {self.amp!r}")
         if self.clip_grad is not None and self.clip_grad <= 0:
@@ -212,9 +223,11 @@ def saved_run_config(resume: str | None, out: str | None) -> tuple[dict[str, Any
 def _resume_base(saved: dict[str, Any], run: Path, explicit: dict[str, Any], extra_hooks: list[str] | None
                  ) -> dict[str, Any]:
     """The saved configuration < ``explicit`` (file, then command line); hooks not yet saved are appended.
-    ``stop_after`` belongs to one invocation and is not inherited; ``out`` defaults to the run directory."""
+    ``stop_after`` and ``overwrite`` belong to one invocation and are not inherited; ``out`` defaults to the
+    run directory."""
     merged = dict(saved)
     merged.pop("stop_after", None)
+    merged.pop("overwrite", None)
     merged["out"] = str(run)
     merged.update({k: v for k, v in explicit.items() if k != "recipe"})
     hooks = list(merged.get("hooks") or [])
