@@ -90,9 +90,39 @@ def build_imagefolder(path: str | os.PathLike, split: str, transform):
     if not folder.is_dir():
         raise UsageError(f"image folder {str(folder)!r} does not exist; expected {IMAGEFOLDER_LAYOUT}")
     try:
-        return tvd.ImageFolder(str(folder), transform=transform)
+        ds = tvd.ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
         raise UsageError(f"no images found under {str(folder)!r}; expected {IMAGEFOLDER_LAYOUT}") from e
+    if sub != "train":
+        check_same_classes(imagefolder_classes(root), ds.classes, folder)
+    check_images_readable([p for p, _ in ds.samples], folder)
+    return ds
+
+
+def check_same_classes(train: list[str], other: list[str], folder: Path) -> None:
+    """The class folders of a validation/test tree must be those of the training tree: ImageFolder numbers
+    classes by their sorted names, so any difference would silently score one class as another."""
+    if train != other:
+        missing, extra = sorted(set(train) - set(other)), sorted(set(other) - set(train))
+        raise UsageError(f"the classes of {str(folder)!r} differ from the training classes: missing "
+                         f"{missing or '-'}, extra {extra or '-'}; every split needs the same class folders")
+
+
+def check_images_readable(paths: list[str], folder: Path) -> None:
+    """Refuse a tree with images PIL cannot open (checked before the first step: header and, where the
+    format has them, checksums, via ``Image.verify``); the error counts them and names the first few."""
+    from PIL import Image
+
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except Exception:  # PIL raises many types for foreign, truncated or corrupt files
+            bad.append(p)
+    if bad:
+        raise UsageError(f"{len(bad)} unreadable image(s) under {str(folder)!r} (first: {', '.join(bad[:3])}); "
+                         f"remove or replace them")
 
 
 def imagefolder_classes(path: str | os.PathLike) -> list[str]:
