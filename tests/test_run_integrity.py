@@ -142,6 +142,15 @@ def test_a_diverging_run_exits_1_and_its_command_continues_it(tmp_path, capsys):
     assert s["status"] == "completed" and s["epochs"] == 2 and _csv_epochs(run) == [1, 2]
 
 
+def test_divergence_without_the_guard_is_one_line(tmp_path, capsys):
+    """Old: `--nan-guard off` and a diverging run ended in a traceback."""
+    with one_thread():
+        rc = main(["train", *RUN_CLI, "-m", "act=none", "--lr", "1e3", "--nan-guard", "off", "--out",
+                   str(tmp_path / "r")])
+    line = _err_line(capsys)
+    assert rc == 1 and "non-finite" in line and "--nan-guard on" in line
+
+
 # ---- 2. --resume auto never destroys history; nothing deleted without --overwrite ---------------------
 @pytest.fixture()
 def finished(tmp_path):

@@ -252,6 +252,8 @@ class Trainer:
         self._lock = RunLock(run).acquire()
         for stale in (run / "checkpoints").glob("*.tmp-*"):  # left by a run killed while saving
             shutil.rmtree(stale, ignore_errors=True)
+        for stale in run.glob(".*.tmp-*"):  # a metrics/summary file of a killed run's atomic write
+            stale.unlink(missing_ok=True)
         if resolve_resume(cfg, run) is not None:
             return
         found = existing_run(run)
