@@ -357,14 +357,16 @@ def load(path: str | os.PathLike, which: str = "best", device: str | torch.devic
 
 
 def feature_extractor(model: nn.Module, out_indices: tuple[int, ...] | None = None) -> nn.Module:
-    """timm's ``features_only`` wrapper around a built model (its modules are shared, not copied), in eval mode.
+    """timm's ``features_only`` wrapper around a copy of a built model, in eval mode.
 
-    ``FeatureGetterNet`` (the model's ``forward_intermediates``) where the model has one, else timm's default
-    ``FeatureListNet`` (the children run in order up to the last ``feature_info`` module). ``out_indices``
-    (default: every ``feature_info`` entry) picks the feature maps; ``.feature_info.channels()`` gives their
-    widths, which are the model's current ones (a compressed model carries them, docs/design.md §13).
+    ``FeatureGetterNet`` (the model's ``forward_intermediates``) where the model has one, else
+    ``FeatureHookNet`` without rewriting: the model's own forward runs (classifier removed) and hooks on the
+    ``feature_info`` modules collect the maps — unlike ``FeatureListNet``, this does not depend on the order in
+    which the children were registered. ``out_indices`` (default: every ``feature_info`` entry) picks the maps;
+    ``.feature_info.channels()`` gives their widths, the model's current ones (a compressed model carries them,
+    docs/design.md §13).
     """
-    from timm.models._features import FeatureGetterNet, FeatureListNet
+    from timm.models._features import FeatureGetterNet, FeatureHookNet
 
     info = getattr(model, "feature_info", None)
     if not info:
@@ -372,5 +374,7 @@ def feature_extractor(model: nn.Module, out_indices: tuple[int, ...] | None = No
     idx = tuple(range(len(info))) if out_indices is None else tuple(out_indices)
     if any(not isinstance(i, int) or not -len(info) <= i < len(info) for i in idx):
         raise ArtifactError(f"out_indices {idx} out of range for {len(info)} feature levels")
-    cls = FeatureGetterNet if callable(getattr(model, "forward_intermediates", None)) else FeatureListNet
-    return cls(model, out_indices=idx).eval()
+    model = copy.deepcopy(model)
+    if callable(getattr(model, "forward_intermediates", None)):
+        return FeatureGetterNet(model, out_indices=idx).eval()
+    return FeatureHookNet(model, out_indices=idx, no_rewrite=True).eval()

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from pdenets.errors import RunFailed, UsageError
 from pdenets.symmetry import prox as _prox  # noqa: F401  (registers the nuclear-prox training hook)
@@ -31,8 +32,23 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class ArgumentsRefused(Exception):
+    """A command line argparse refused; :func:`main` prints it as one line and returns 2."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(f"{prog}: error: {message} (see {prog} --help)")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``pdenets CMD: error: MSG`` (exit code 2), like every other bad input
+    (no usage block; ``--help`` shows it). Subcommand parsers are of this class too (argparse's default)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ArgumentsRefused(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pdenets",
         description="Convolutional networks from the PDE perspective: build, train, analyse and export "
         "the models of Liu-Shao-Bai, Ruthotto-Haber and Ruseckas.",
@@ -49,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ArgumentsRefused as e:
+        print(e, file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -11,6 +11,7 @@ Providers: :mod:`pdenets.train.regularizer_hooks` (``rh-tv``, ``box``, ``layer-s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -74,6 +75,8 @@ def create_hook(spec: str) -> TrainHook:
         val = float(value) if value else None
     except ValueError:
         raise ValueError(f"hook value must be a number, got {spec!r}") from None
+    if val is not None and not math.isfinite(val):
+        raise ValueError(f"hook value must be a finite number, got {spec!r}")
     hook = _HOOKS[name](val)
     hook.name = hook.name or name
     return hook

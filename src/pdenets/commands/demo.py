@@ -173,12 +173,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pdenets.commands.train import set_threads
+    from pdenets.train.build import preflight
     from pdenets.train.report import append_report_section
     from pdenets.train.trainer import train
 
     set_threads(args.threads)
     t0 = time.time()
     cfg = _config(args)
+    preflight(cfg)
     n = torch.get_num_threads()
     print(f"pdenets demo: training {cfg.model} on {cfg.dataset} ({cfg.img_size or 16}px) for {cfg.epochs} epochs "
           f"with the 'quick' recipe{' + ' + ', '.join(cfg.hooks) if cfg.hooks else ''} ({n} CPU thread"

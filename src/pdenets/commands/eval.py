@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from pdenets.commands.common import add_checkpoint_args, load_checkpoint
+from pdenets.commands.common import (
+    add_checkpoint_args,
+    check_out,
+    device_type,
+    load_checkpoint,
+    non_negative_int,
+    positive_int,
+)
 from pdenets.errors import UsageError
 
 
@@ -25,10 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="split: test (default; scored once per run by `pdenets train`), val (the validation split "
                    "that chose the best checkpoint) or train")
-    p.add_argument("--img-size", type=int, help="image side (default: as in training)")
-    p.add_argument("--batch-size", "-b", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--img-size", type=positive_int, help="image side (default: as in training)")
+    p.add_argument("--batch-size", "-b", type=positive_int, default=256)
+    p.add_argument("--workers", type=non_negative_int, default=0)
+    p.add_argument("--device", type=device_type, default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--amp", choices=("bf16", "fp16"))
     p.add_argument("--out", help="directory for confusion.png and eval.json")
     p.set_defaults(func=run)
@@ -48,6 +55,8 @@ def evaluate_checkpoint(checkpoint: str, which: str = "best", dataset: str | Non
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {batch_size}")
+    if out is not None:
+        check_out(out)
     dev = pick_device(device)
     model, meta = load_checkpoint(checkpoint, which, dev)
     wfile = Path(meta["file"])
@@ -55,6 +64,9 @@ def evaluate_checkpoint(checkpoint: str, which: str = "best", dataset: str | Non
     if not name:
         raise UsageError(f"checkpoint {str(wfile)!r} does not name its data set: pass --dataset")
     info = dataset_info(name, data_dir or meta.get("data_dir"))
+    if info.kind != meta.get("kind", "image"):
+        raise UsageError(f"data set {name!r} holds {info.kind} data but the model takes {meta.get('kind', 'image')} "
+                         f"data")
     if info.num_classes != meta.get("num_classes"):
         raise UsageError(f"data set {name!r} has {info.num_classes} classes but the model has "
                          f"{meta.get('num_classes')}")

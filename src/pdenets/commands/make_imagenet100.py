@@ -70,6 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pdenets.commands.common import check_out
+
+    check_out(args.dst, "--dst")
     wnids = cmc_wnids()
     missing = make_imagenet100(args.src, args.dst, wnids)
     rc = 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pdenets.commands.common import positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -14,8 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "224x224 (use --img-size); counting is done on the meta device, so it is quick.",
     )
     p.add_argument("pattern", nargs="?", default=None, help="fnmatch filter, e.g. 'qlnet50_*'")
-    p.add_argument("--num-classes", type=int, default=100, help="classifier size (default 100, as Table 1)")
-    p.add_argument("--img-size", type=int, default=224, help="image side for GMACs (default 224)")
+    p.add_argument("--num-classes", type=positive_int, default=100, help="classifier size (default 100, as Table 1)")
+    p.add_argument("--img-size", type=positive_int, default=224, help="image side for GMACs (default 224)")
     p.add_argument("--no-macs", action="store_true", help="parameters only (faster)")
     p.set_defaults(func=run)
     return p
@@ -38,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
             rows.append(model_stats(name, input_shape=shape, measure=not args.no_macs, **kwargs))
         except ValueError:  # a model with fixed classes/channels (e.g. ruseckas_conv_mnist): its own defaults
             rows.append(model_stats(name, measure=not args.no_macs))
+        except RuntimeError as e:  # an input too small for the model's downsampling
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            raise UsageError(f"{name} cannot run on {args.img_size}x{args.img_size} images (--img-size): "
+                             f"{why}") from None
     header = f"{'model':<34} {'params':>12} {'params(M)':>9} {'GMACs':>8}  {'output':<14} input"
     print(header)
     print("-" * len(header))

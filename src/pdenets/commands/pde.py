@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 import time
 
-from pdenets.commands.common import add_checkpoint_args, load_checkpoint
+from pdenets.commands.common import (
+    Range,
+    add_checkpoint_args,
+    check_out,
+    load_checkpoint,
+    non_negative_int,
+    number_type,
+    positive_float,
+    seed_int,
+)
+
+MAX_DEMO_SIZE = 4096  # pixels of the longer image side of `pde demo` (larger grids do not fit in memory)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,10 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_checkpoint_args(k, group=src)
     src.add_argument("--model", metavar="NAME", help="registered model name (its initial, untrained kernels)")
     k.add_argument("--basis", choices=("fd", "rh"), default="fd", help="identity stencil of the basis (default fd)")
-    k.add_argument("--h", type=float, default=1.0, help="mesh size (default 1 = one pixel)")
+    k.add_argument("--h", type=positive_float, default=1.0, help="mesh size (default 1 = one pixel)")
     k.add_argument("--out", metavar="DIR", default=None, help="write kernels.png and kernels.csv here")
-    k.add_argument("--max-rows", type=int, default=None, help="print at most this many kernels")
-    k.add_argument("--seed", type=int, default=0, help="seed for --model's random initialisation")
+    k.add_argument("--max-rows", type=non_negative_int, default=None, help="print at most this many kernels")
+    k.add_argument("--seed", type=seed_int, default=0, help="seed for --model's random initialisation")
     k.set_defaults(func=run_kernels)
 
     d = psub.add_parser(
@@ -49,8 +60,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     d.add_argument("--equation", choices=("heat", "wave", "rotation", "dilation"), default="heat")
     d.add_argument("--image", default="sample", help="image path, or 'sample' (scikit-image's camera, bundled)")
     d.add_argument("--out", metavar="DIR", default="pde_demo", help="output folder (default ./pde_demo)")
-    d.add_argument("--frames", type=int, default=8, help="frames in the GIF and strip (default 8)")
-    d.add_argument("--size", type=int, default=128, help="longer image side in pixels (default 128)")
+    d.add_argument("--frames", type=number_type(int, Range(2), "frames"), default=8,
+                   help="frames in the GIF and strip, at least 2 (default 8)")
+    d.add_argument("--size", type=number_type(int, Range(8, MAX_DEMO_SIZE), "size"), default=128,
+                   help=f"longer image side in pixels, 8 .. {MAX_DEMO_SIZE} (default 128)")
     d.add_argument(
         "--padding-mode", choices=("zeros", "reflect", "replicate", "circular"), default=None,
         help="boundary condition (default: replicate for heat, zeros otherwise)",
@@ -81,8 +94,8 @@ def run_kernels(args: argparse.Namespace) -> int:
     from pdenets.errors import UsageError
     from pdenets.pde.operators import OPERATORS_ASCII, format_report, kernel_report, plot_report
 
-    if not args.h > 0:
-        raise UsageError(f"--h must be positive, got {args.h}")
+    if args.out is not None:
+        check_out(args.out)
     model, label = _load_model(args)
     rows = kernel_report(model, args.h, args.basis)
     if not rows:
@@ -108,10 +121,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from pdenets.errors import UsageError
     from pdenets.pde.demo import run_demo as demo
 
-    if args.frames < 2:
-        raise UsageError(f"--frames must be at least 2, got {args.frames}")
-    if args.size < 8:
-        raise UsageError(f"--size must be at least 8 pixels, got {args.size}")
+    check_out(args.out)
     t0 = time.perf_counter()
     try:
         res = demo(args.equation, args.image, args.out, args.frames, args.size, args.padding_mode)

@@ -6,6 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
+from pdenets.commands.common import (
+    Range,
+    check_out,
+    non_negative_int,
+    number_type,
+    positive_float,
+    positive_int,
+    seed_int,
+)
+
 NETWORKS = ("parabolic", "hamiltonian", "second_order")
 
 
@@ -34,13 +44,13 @@ def _networks(s: str) -> list[str]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", help="digits (default, bundled) or stl10 (needs --data-dir)")
     p.add_argument("--data-dir", default=None, help="root of a local torchvision STL-10 copy (stl10_binary/)")
-    p.add_argument("--train-steps", type=int, default=300,
+    p.add_argument("--train-steps", type=positive_int, default=300,
                    help="optimizer steps per training run (default 300), run by the trainer as epochs x "
                    "max_steps_per_epoch (the largest divisor of the steps that fits in one pass over the data)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model, the data subsets and the training")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="AdamW learning rate (default 2e-3)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the model, the data subsets and the training")
+    p.add_argument("--threads", type=non_negative_int, default=None, help="torch CPU threads (0: torch's choice)")
     p.add_argument("--out", default=None, help="output folder (default runs/rh-<command>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--overwrite", action="store_true", help="replace the training runs of an earlier invocation "
@@ -73,9 +83,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                       "interpolated) and measure how much the function changes; optionally fine-tune.")
     _common(d)
     d.add_argument("--network", default="parabolic", choices=NETWORKS)
-    d.add_argument("--finetune-steps", type=int, default=0, help="optimizer steps after deepening (default 0)")
-    d.add_argument("--time-steps", type=int, default=3, help="time steps per unit before deepening (default 3)")
-    d.add_argument("--h", type=float, default=1.0, help="time step size before deepening (default 1)")
+    d.add_argument("--finetune-steps", type=non_negative_int, default=0,
+                   help="optimizer steps after deepening (default 0)")
+    d.add_argument("--time-steps", type=positive_int, default=3,
+                   help="time steps per unit before deepening (default 3)")
+    d.add_argument("--h", type=positive_float, default=1.0, help="time step size before deepening (default 1)")
     d.set_defaults(rh_func=run_deepen)
 
     m = rs.add_parser("multiscale", help="train at a coarse resolution, then continue at full resolution",
@@ -97,10 +109,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                       description="Float64 checks of the paper's stability claims at random points: parabolic "
                       "Jacobian (norm=none) eigenvalues, Hamiltonian spectrum with linear sigma, and "
                       "||Y(T)-Y_eps(T)|| / ||Y(0)-Y_eps(0)|| of each unit.")
-    s.add_argument("--channels", type=int, default=4)
-    s.add_argument("--size", type=int, default=6, help="image side of the test points (default 6)")
-    s.add_argument("--time-steps", type=int, default=8)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--channels", type=positive_int, default=4, help="channels of the units (rounded up to even)")
+    s.add_argument("--size", type=number_type(int, Range(2), "size"), default=6,
+                   help="image side of the test points, at least 2 (instance norm needs 2 pixels; default 6)")
+    s.add_argument("--time-steps", type=positive_int, default=8)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.set_defaults(rh_func=run_stability)
 
     def dispatch(args: argparse.Namespace) -> int:
@@ -118,14 +131,11 @@ def _setup(args: argparse.Namespace, name: str):
     import torch
 
     from pdenets.analysis.rh_experiments import load_data
-    from pdenets.errors import UsageError
 
-    if args.train_steps < 1 or args.batch_size < 1:
-        raise UsageError("--train-steps and --batch-size must be positive integers")
+    out = check_out(args.out if args.out is not None else f"runs/rh-{name}")
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_data(args.dataset, args.data_dir)
-    out = Path(args.out or f"runs/rh-{name}")
     out.mkdir(parents=True, exist_ok=True)
     return data, out
 
@@ -171,13 +181,13 @@ def run_plot(args: argparse.Namespace) -> int:
     from pdenets.analysis.rh_experiments import plot_confusions, plot_fractions
     from pdenets.errors import UsageError
 
+    out = check_out(args.out)
     rows: list[dict] = []
     for r in args.results:
         path = Path(r) / "results.json" if Path(r).is_dir() else Path(r)
         if not path.is_file():
             raise UsageError(f"no results file at {str(path)!r}; expected a results.json of `pdenets rh fractions`")
-        rows += json.loads(path.read_text())
-    out = Path(args.out)
+        rows += _read_results(path)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     plot_fractions(rows, str(out / "fractions.png"), title=args.title)
@@ -187,14 +197,25 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_results(path: Path) -> list[dict]:
+    """The rows of a results.json written by `pdenets rh fractions` (a one-line error for any other file)."""
+    from pdenets.errors import UsageError
+
+    try:
+        rows = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError):
+        rows = None
+    keys = {"fraction", "dynamics", "test_acc"}
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and keys <= set(r) for r in rows):
+        raise UsageError(f"{str(path)!r} is not a results.json of `pdenets rh fractions` (a JSON list of rows "
+                         f"with {', '.join(sorted(keys))})")
+    return rows
+
+
 def run_deepen(args: argparse.Namespace) -> int:
     """Train, refine every unit in time (2x steps, h/2), measure the change on the test split; fine-tune."""
     from pdenets.analysis.rh_experiments import build_model, deepened, function_change, train
-    from pdenets.errors import UsageError
 
-    if args.time_steps < 1 or not args.h > 0 or args.finetune_steps < 0:
-        raise UsageError(f"--time-steps must be >= 1, --h > 0 and --finetune-steps >= 0, got {args.time_steps}, "
-                         f"{args.h} and {args.finetune_steps}")
     data, out = _setup(args, "deepen")
     model = build_model(args.network, data, args.dataset, args.seed, steps=args.time_steps, h=args.h)
     n = len(data.y_train)
@@ -224,13 +245,13 @@ def run_multiscale(args: argparse.Namespace) -> int:
     """All steps at full resolution vs half the steps at half the resolution, then half at full resolution."""
     from pdenets.analysis.rh_experiments import build_model, train
 
-    data, out = _setup(args, "multiscale")
-    full = data.x_train.shape[-1]
-    coarse, half, n = full // 2, args.train_steps // 2, len(data.y_train)
-    if half < 1:
+    if args.train_steps < 2:
         from pdenets.errors import UsageError
 
         raise UsageError(f"--train-steps must be at least 2 for multiscale training, got {args.train_steps}")
+    data, out = _setup(args, "multiscale")
+    full = data.x_train.shape[-1]
+    coarse, half, n = full // 2, args.train_steps // 2, len(data.y_train)
     res = dict(network=args.network, full_size=full, coarse_size=coarse, train_steps=args.train_steps)
     model = build_model(args.network, data, args.dataset, args.seed)
     _, s = train(model, data.splits(), _config(args, model, n, args.train_steps, out / "runs" / "full"))

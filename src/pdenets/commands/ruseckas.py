@@ -6,6 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from pdenets.commands.common import (
+    check_out,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    probability,
+    seed_int,
+)
+
 CIRCLE_MODELS = {"r2": "ruseckas_circles_r2", "r3": "ruseckas_circles_r3"}
 # Per-model defaults of the circles runs (chosen by the measured runs in README.md "Ruseckas").
 CIRCLE_DEFAULTS = {
@@ -17,17 +26,18 @@ CIRCLE_DEFAULTS = {
 def _common(p: argparse.ArgumentParser, lam: float) -> None:
     p.add_argument("--out", default=None, help="folder for figures and metrics.json; the trainer's run "
                    "directories (checkpoints, metrics per epoch) go to OUT/runs/<model> (default runs/ruseckas-<task>)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: per model/task)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: per model/task)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="SGD (Nesterov momentum) or Adam")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--lam", type=float, default=lam, help=f"λ of the smoothness loss Eq. (113) (default {lam})")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping, 0 = off (default 1.0)")
-    p.add_argument("--gamma-lr-scale", type=float, default=None,
+    p.add_argument("--momentum", type=probability, default=0.9, help="SGD momentum in [0, 1] (default 0.9)")
+    p.add_argument("--lam", type=non_negative_float, default=lam,
+                   help=f"λ of the smoothness loss Eq. (113) (default {lam})")
+    p.add_argument("--clip", type=non_negative_float, default=1.0, help="gradient-norm clipping, 0 = off (default 1.0)")
+    p.add_argument("--gamma-lr-scale", type=positive_float, default=None,
                    help="learning-rate factor of the learnable γ̃ (its gradient sums over all L layers)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model, the shuffling and (circles) the points "
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the model, the shuffling and (circles) the points "
                    "(default 0)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--overwrite", action="store_true", help="replace the training runs of an earlier invocation "
                    "in OUT/runs (refused without it)")
@@ -67,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     d.add_argument("--data-dir", default=None, help="directory holding MNIST/raw (torchvision layout); "
                    "default: use the bundled 8×8 digits")
-    d.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
+    d.add_argument("--batch-size", type=positive_int, default=64, help="mini-batch size (default 64)")
     d.add_argument("--padding-mode", default="zeros", help="boundary condition of the convs (default zeros)")
     _common(d, lam=0.1)
     d.set_defaults(func=run_digits)
@@ -76,22 +86,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _out_dir(args: argparse.Namespace, task: str) -> Path:
-    out = Path(args.out or f"runs/ruseckas-{task}")
+    out = check_out(args.out if args.out is not None else f"runs/ruseckas-{task}")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def _check(args: argparse.Namespace) -> None:
-    from pdenets.errors import UsageError
-
-    if args.epochs is not None and args.epochs < 1:
-        raise UsageError(f"--epochs must be positive, got {args.epochs}")
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError(f"--lr must be positive, got {args.lr}")
-    if args.lam < 0:
-        raise UsageError(f"--lam must be non-negative, got {args.lam}")
-    if args.threads < 1:
-        raise UsageError(f"--threads must be positive, got {args.threads}")
 
 
 def _pick(args: argparse.Namespace, defaults: dict) -> dict:
@@ -137,9 +134,8 @@ def run_circles(args: argparse.Namespace) -> int:
     from pdenets.analysis import ruseckas_figures as figs
     from pdenets.experiments.ruseckas import circles_splits, split_tensors
 
-    _check(args)
-    torch.set_num_threads(args.threads)
     out = _out_dir(args, "circles")
+    torch.set_num_threads(args.threads)
     data = circles_splits(args.seed)
     parts = [split_tensors(ds) for ds in (data.train, data.val, data.test)]
     x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # all 400 points, for the figures
@@ -187,17 +183,14 @@ def run_digits(args: argparse.Namespace) -> int:
     from pdenets.layers.derivative import PADDING_MODES
     from pdenets.train.metrics import read_epochs
 
-    _check(args)
     if args.padding_mode not in PADDING_MODES:
         raise UsageError(f"--padding-mode {args.padding_mode!r}: expected one of {', '.join(PADDING_MODES)}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
-    torch.set_num_threads(args.threads)
+    raw = Path(args.data_dir or ".") / "MNIST" / "raw"
+    if args.data_dir is not None and not raw.is_dir():
+        raise UsageError(f"--data-dir {args.data_dir!r}: expected MNIST in torchvision layout ({raw} missing)")
     out = _out_dir(args, "digits" if args.data_dir is None else "mnist")
+    torch.set_num_threads(args.threads)
     if args.data_dir is not None:
-        raw = Path(args.data_dir) / "MNIST" / "raw"
-        if not raw.is_dir():
-            raise UsageError(f"--data-dir {args.data_dir!r}: expected MNIST in torchvision layout ({raw} missing)")
         data, epochs = mnist_splits(args.data_dir), 3
     else:
         data, epochs = digits_splits_8px(), 30

@@ -9,8 +9,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pdenets.commands.common import CHECKPOINT_HELP, WHICH_HELP, data_meta, load_checkpoint
+from pdenets.commands.common import (
+    CHECKPOINT_HELP,
+    WHICH_HELP,
+    Range,
+    check_out,
+    data_meta,
+    load_checkpoint,
+    model_kwarg,
+    non_negative_int,
+    number_type,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from pdenets.errors import UsageError
+
+# --rtol: σ ≤ rtol·σ_max counts as zero. Above 1e-2 the dropped directions carry signal: not a lossless compression.
+RTOL_RANGE = Range(0, 1e-2, lo_open=True)
 
 EPILOG = """examples:
   pdenets symmetry analyze --model qlnet50_eq3p
@@ -28,10 +44,10 @@ every --out writes one (model.safetensors + meta.json), readable by eval, export
 def _common(p: argparse.ArgumentParser, need_ckpt: bool) -> None:
     p.add_argument("--checkpoint", "-c", required=need_ckpt, metavar="PATH", help=CHECKPOINT_HELP)
     p.add_argument("--which", choices=("best", "last"), default="best", help=WHICH_HELP)
-    p.add_argument("--n-inputs", type=int, default=0,
-                   help="evaluate on the first N test images only (default: all of the test split)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random group elements")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--n-inputs", type=non_negative_int, default=0,
+                   help="evaluate on the first N test images only (default 0: all of the test split)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random group elements")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (default 0: torch's choice)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     a = ss.add_parser("analyze", help="table of the exact group of every segment, with dim G and Σ dim G",
                       description="Per residual-stream segment: width, exact group, dim G and the reason.")
     a.add_argument("--model", help="registered model name, e.g. qlnet50_eq3p (or use --checkpoint)")
-    a.add_argument("--model-kwarg", "-m", action="append", default=[], metavar="KEY=VALUE",
+    a.add_argument("--model-kwarg", "-m", action="append", default=[], type=model_kwarg, metavar="KEY=VALUE",
                    help="constructor argument (YAML value), repeatable: -m act=none -m act_placement=all")
     _common(a, need_ckpt=False)
     a.set_defaults(func=run_analyze)
@@ -59,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                       "the power check applies a same-norm element of the next larger group with inputs scaled so "
                       "|x| ~ R at the radial activations, which must change the output clearly.")
     v.add_argument("--model", help="registered model (random weights and BN statistics) instead of a checkpoint")
-    v.add_argument("--model-kwarg", "-m", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--model-kwarg", "-m", action="append", default=[], type=model_kwarg, metavar="KEY=VALUE")
     _common(v, need_ckpt=False)
     v.set_defaults(func=run_verify)
 
@@ -70,9 +86,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                       "segments, which are skipped with a warning).")
     _common(t, need_ckpt=True)
     t.add_argument("--objective", choices=("l1", "quant4", "gradnorm"), default="l1")
-    t.add_argument("--steps", type=int, default=300, help="optimiser steps (default 300)")
-    t.add_argument("--lr", type=float, default=0.02, help="Adam step on the group generators (default 0.02)")
-    t.add_argument("--calib", type=int, default=128,
+    t.add_argument("--steps", type=positive_int, default=300, help="optimiser steps (default 300)")
+    t.add_argument("--lr", type=positive_float, default=0.02, help="Adam step on the group generators (default 0.02)")
+    t.add_argument("--calib", type=positive_int, default=128,
                    help="calibration images for quant4/gradnorm, from the training split (default 128)")
     t.add_argument("--out", metavar="DIR", help="artifact directory: the teleported model (model.safetensors + "
                    "meta.json), weights_hist.png, teleport.json")
@@ -85,7 +101,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _common(c, need_ckpt=True)
     c.add_argument("--out", required=True, metavar="DIR|FILE.safetensors",
                    help="artifact directory (model.safetensors + meta.json + table and figures) or a .safetensors file")
-    c.add_argument("--rtol", type=float, default=1e-6, help="σ ≤ rtol·σ_max counts as zero (default 1e-6)")
+    c.add_argument("--rtol", type=number_type(float, RTOL_RANGE, "rtol"), default=1e-6,
+                   help="σ ≤ rtol·σ_max counts as zero, in (0, 0.01]: larger thresholds drop directions that carry "
+                   "signal (default 1e-6)")
     c.add_argument("--no-gauge", action="store_true", help="skip gauge fixing")
     c.add_argument("--pca", action="store_true", help="also compute the LOSSY PCA agreement curve (figure)")
     c.add_argument("--compare", metavar="CKPT", help="another checkpoint (e.g. trained without --nuclear-prox) "
@@ -113,16 +131,9 @@ def _threads(args) -> None:
     set_threads(args.threads)
 
 
-def _parse_kwargs(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for it in items:
-        k, sep, v = it.partition("=")
-        if not sep or not k:
-            raise UsageError(f"--model-kwarg expects KEY=VALUE, got {it!r}")
-        out[k] = yaml.safe_load(v)
-    return out
+def _parse_kwargs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The ``-m KEY=VALUE`` pairs (parsed by :func:`pdenets.commands.common.model_kwarg`) as a dict."""
+    return dict(items)
 
 
 def load_any(path: str, which: str = "best"):
@@ -132,12 +143,19 @@ def load_any(path: str, which: str = "best"):
 
 def _check_out(out: str) -> Path:
     """Refuse an unusable --out before any work is done."""
-    p = Path(out)
-    if p.suffix in (".pth", ".pt", ".pkl", ".bin"):
+    if Path(out).suffix in (".pth", ".pt", ".pkl", ".bin"):
         raise UsageError(f"--out {out!r}: models are written as safetensors; give a directory or a .safetensors file")
-    if p.exists() and not p.is_dir() and p.suffix != ".safetensors":
-        raise UsageError(f"--out {out!r} is an existing file; give a directory or a .safetensors file")
-    return p
+    return check_out(out, "--out", suffixes=(".safetensors",))
+
+
+def _check_stream(model, label: str) -> None:
+    """Teleport, compress: the model must declare its residual stream (a QL-ConvNet), checked before any work."""
+    from pdenets.symmetry.analyze import analyze
+
+    try:
+        analyze(model)
+    except ValueError as e:
+        raise UsageError(f"{label}: {e}") from None
 
 
 def _save(model, out: Path, meta: dict[str, Any], source: dict[str, Any], **extra: Any) -> Path:
@@ -150,12 +168,9 @@ def _random_model(name: str, kwargs: dict[str, Any]):
     import torch
     import torch.nn as nn
 
-    from pdenets.models import create_model
+    from pdenets.train.build import build_model
 
-    try:
-        model = create_model(name, **kwargs)
-    except RuntimeError as e:
-        raise UsageError(f"unknown model {name!r} (see `pdenets models`): {e}") from None
+    model = build_model(name, kwargs)
     g = torch.Generator().manual_seed(0)
     for m in model.modules():  # untrained BN is the identity: give it random statistics so checks mean something
         if isinstance(m, nn.BatchNorm2d):
@@ -183,16 +198,22 @@ def test_data(meta: dict[str, Any], n: int = 0, split: str = "test"):
     return torch.stack(xs), torch.as_tensor(ys)
 
 
-def _model_and_data(args):
+def _model_and_data(args, stream: bool = False):
+    """(model, metadata, test inputs, labels or None); ``stream``: refuse a model without a residual-stream
+    declaration before the data are read."""
     import torch
 
     if getattr(args, "checkpoint", None):
         model, meta = load_any(args.checkpoint, args.which)
+        if stream:
+            _check_stream(model, f"--checkpoint {args.checkpoint}")
         x, y = test_data(meta, args.n_inputs)
         return model, meta, x, y
     if not getattr(args, "model", None):
         raise UsageError("give --checkpoint PATH or --model NAME")
     model = _random_model(args.model, _parse_kwargs(args.model_kwarg))
+    if stream:
+        _check_stream(model, f"--model {args.model}")
     shape = getattr(model, "default_cfg", {}).get("input_size", (3, 32, 32))
     x = torch.randn(args.n_inputs or 8, *shape, generator=torch.Generator().manual_seed(1))
     return model, {}, x, None
@@ -218,13 +239,10 @@ def run_analyze(args: argparse.Namespace) -> int:
     elif args.model:
         import torch
 
-        from pdenets.models import create_model
+        from pdenets.train.build import build_model
 
-        try:
-            with torch.device("meta"):
-                model = create_model(args.model, **_parse_kwargs(args.model_kwarg))
-        except RuntimeError as e:
-            raise UsageError(f"unknown model {args.model!r} (see `pdenets models`): {e}") from None
+        with torch.device("meta"):
+            model = build_model(args.model, _parse_kwargs(args.model_kwarg))
         label = args.model
     else:
         raise UsageError("give --model NAME or --checkpoint PATH")
@@ -286,10 +304,8 @@ def run_teleport(args: argparse.Namespace) -> int:
     from pdenets.symmetry.teleport import quant_output_error, stream_facing_l1, teleport, weight_histograms
 
     _threads(args)
-    if args.steps < 1:
-        raise UsageError(f"--steps must be a positive integer, got {args.steps}")
-    out = _check_out(args.out) if args.out else None
-    model, meta, x, y = _model_and_data(args)
+    out = _check_out(args.out) if args.out is not None else None
+    model, meta, x, y = _model_and_data(args, stream=True)
     calib, calib_y = _calibration(args, meta, x, y)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -371,10 +387,10 @@ def run_compress(args: argparse.Namespace) -> int:
     from pdenets.symmetry.report import plot_pca_curve, plot_spectra
 
     _threads(args)
-    if not 0 <= args.rtol < 1:
-        raise UsageError(f"--rtol must be in [0, 1), got {args.rtol}")
     out = _check_out(args.out)
-    model, meta, x, y = _model_and_data(args)
+    if args.compare and not Path(args.compare).exists():
+        raise UsageError(f"--compare {args.compare!r} does not exist ({CHECKPOINT_HELP})")
+    model, meta, x, y = _model_and_data(args, stream=True)
     model = model.float().eval()
     folded = fold_bn(copy.deepcopy(model).double(), share_kernels=True)
     small, rows = compress_widths(folded, rtol=args.rtol)

@@ -9,94 +9,89 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from pdenets.commands.common import (
+    boolean,
+    device_type,
+    field_type,
+    model_kwarg,
+    non_negative_float,
+    non_negative_int,
+)
 from pdenets.errors import UsageError
-
-
-def _bool(s: str) -> bool:
-    v = s.lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
-def _kwarg(s: str) -> tuple[str, Any]:
-    k, sep, v = s.partition("=")
-    if not sep or not k:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
-    import yaml
-
-    return k, yaml.safe_load(v)
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``demo`` (defaults None: only given options override)."""
     g = p.add_argument_group("model and data")
     g.add_argument("--model", help="registered model name (see `pdenets models`); default qlnet18_eq3_small")
-    g.add_argument("--model-kwarg", "-m", dest="model_kwarg", action="append", type=_kwarg, metavar="KEY=VALUE",
+    g.add_argument("--model-kwarg", "-m", dest="model_kwarg", action="append", type=model_kwarg, metavar="KEY=VALUE",
                    help="constructor argument (YAML value), repeatable: -m act=hardball -m widths=[8,8,8,8]")
     g.add_argument("--dataset", help="digits | circles | cifar10 | cifar100 | stl10 | mnist | fashion_mnist | "
                    "imagefolder:PATH (default digits)")
     g.add_argument("--data-dir", help="root of a local torchvision data set")
     g.add_argument("--download", action="store_const", const=True, help="let torchvision download the data set")
-    g.add_argument("--img-size", type=int, help="image side in pixels (digits: 16)")
-    g.add_argument("--workers", type=int, help="DataLoader worker processes")
+    g.add_argument("--img-size", type=field_type("img_size"), help="image side in pixels (digits: 16)")
+    g.add_argument("--workers", type=field_type("workers"), help="DataLoader worker processes")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", "-b", type=int, help="batch size per process")
+    g.add_argument("--epochs", type=field_type("epochs"))
+    g.add_argument("--batch-size", "-b", type=field_type("batch_size"), help="batch size per process")
     g.add_argument("--opt", help="timm optimizer name: sgd (Nesterov), momentum, adamw, ...")
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float)
+    g.add_argument("--lr", type=field_type("lr"), help="peak learning rate")
+    g.add_argument("--momentum", type=field_type("momentum"))
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=field_type("weight_decay"))
     g.add_argument("--sched", help="timm scheduler: cosine, multistep, step, none, ...")
-    g.add_argument("--warmup-epochs", type=int)
-    g.add_argument("--min-lr", type=float)
-    g.add_argument("--decay-milestones", type=int, nargs="+")
-    g.add_argument("--decay-rate", type=float)
-    g.add_argument("--smoothing", type=float, help="label smoothing")
-    g.add_argument("--clip-grad", type=float, help="gradient clipping threshold")
+    g.add_argument("--warmup-epochs", type=field_type("warmup_epochs"))
+    g.add_argument("--min-lr", type=field_type("min_lr"))
+    g.add_argument("--decay-milestones", type=field_type("decay_milestones"), nargs="+")
+    g.add_argument("--decay-rate", type=field_type("decay_rate"))
+    g.add_argument("--smoothing", type=field_type("smoothing"), help="label smoothing")
+    g.add_argument("--clip-grad", type=field_type("clip_grad"), help="gradient clipping threshold")
     g.add_argument("--clip-mode", choices=("norm", "value", "agc"))
     g.add_argument("--freeze-bn", action="store_const", const=True, help="keep BatchNorm in eval mode")
     g = p.add_argument_group("augmentation (real image data sets)")
     g.add_argument("--aug", dest="no_aug", action="store_const", const=False, help="enable augmentation")
     g.add_argument("--no-aug", dest="no_aug", action="store_const", const=True, help="disable augmentation")
     g.add_argument("--aa", dest="auto_augment", help="RandAugment spec, e.g. rand-m7-mstd0.5-inc1")
-    g.add_argument("--reprob", type=float, help="random erasing probability")
+    g.add_argument("--reprob", type=field_type("reprob"), help="random erasing probability")
     g.add_argument("--remode", help="random erasing mode (pixel, rand, const)")
-    g.add_argument("--recount", type=int, help="random erasing count")
-    g.add_argument("--random-shift", type=int, metavar="N", help="digits: random translation by up to N pixels")
+    g.add_argument("--recount", type=field_type("recount"), help="random erasing count")
+    g.add_argument("--random-shift", type=field_type("random_shift"), metavar="N",
+                   help="digits: random translation by up to N pixels")
     g = p.add_argument_group("machinery")
     g.add_argument("--amp", choices=("bf16", "fp16"), help="automatic mixed precision")
     g.add_argument("--channels-last", action="store_const", const=True)
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
     g.add_argument("--ema", action="store_const", const=True, help="exponential moving average of weights")
-    g.add_argument("--ema-decay", type=float)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--ema-decay", type=field_type("ema_decay"))
+    g.add_argument("--seed", type=field_type("seed"))
     g.add_argument("--deterministic", action="store_const", const=True)
-    g.add_argument("--device", help="auto | cpu | cuda[:N]")
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--device", type=device_type, help="auto | cpu | cuda[:N]")
+    g.add_argument("--threads", type=non_negative_int, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--hook", action="append", metavar="NAME[:VALUE]",
                    help="training hook, repeatable (added to the recipe's hooks), e.g. --hook box:1.0")
-    g.add_argument("--nuclear-prox", type=float, metavar="LAMBDA", help="shorthand for --hook nuclear-prox:LAMBDA")
+    g.add_argument("--nuclear-prox", type=non_negative_float, metavar="LAMBDA",
+                   help="shorthand for --hook nuclear-prox:LAMBDA")
     g.add_argument("--tensorboard", action="store_const", const=True, help="also log to RUN/tb")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
-    g.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke runs)")
-    g.add_argument("--stop-after", type=int, help="stop after N epochs of this invocation (resume later)")
+    g.add_argument("--max-steps-per-epoch", type=field_type("max_steps_per_epoch"),
+                   help="cut epochs short (smoke runs)")
+    g.add_argument("--stop-after", type=field_type("stop_after"),
+                   help="stop after N epochs of this invocation (resume later)")
     g.add_argument("--overwrite", action="store_const", const=True, help="let a fresh run replace an earlier run "
                    "in --out (its checkpoints, metrics and report are deleted); without it that is refused")
     g = p.add_argument_group("NaN guard")
-    g.add_argument("--nan-guard", type=_bool, metavar="BOOL", help="on (default) / off")
-    g.add_argument("--nan-snapshot-every", type=int, metavar="N", help="in-memory snapshot every N good steps "
-                   "(0: roll back to the last checkpoint)")
-    g.add_argument("--nan-lr-factor", type=float, help="lr multiplier per failure (default 0.5)")
-    g.add_argument("--nan-max-failures", type=int, metavar="K", help="stop after K failures within the window "
-                   "(default 5)")
-    g.add_argument("--nan-window", type=int, metavar="M", help="window of step attempts over which failures "
-                   "are counted (default 100)")
-    g.add_argument("--nan-check-every", type=int, metavar="N", help="check that the parameters and buffers are "
-                   "finite after every N-th optimizer step (default 1; 0: never)")
-    g.add_argument("--inject-nan-steps", type=int, nargs="+", metavar="STEP",
+    g.add_argument("--nan-guard", type=boolean, metavar="BOOL", help="on (default) / off")
+    g.add_argument("--nan-snapshot-every", type=field_type("nan_snapshot_every"), metavar="N",
+                   help="in-memory snapshot every N good steps (0: roll back to the last checkpoint)")
+    g.add_argument("--nan-lr-factor", type=field_type("nan_lr_factor"), help="lr multiplier per failure (default 0.5)")
+    g.add_argument("--nan-max-failures", type=field_type("nan_max_failures"), metavar="K",
+                   help="stop after K failures within the window (default 5)")
+    g.add_argument("--nan-window", type=field_type("nan_window"), metavar="M",
+                   help="window of step attempts over which failures are counted (default 100)")
+    g.add_argument("--nan-check-every", type=field_type("nan_check_every"), metavar="N",
+                   help="check that the parameters and buffers are finite after every N-th optimizer step "
+                   "(default 1; 0: never)")
+    g.add_argument("--inject-nan-steps", type=field_type("inject_nan_steps"), nargs="+", metavar="STEP",
                    help="fault injection (testing): NaN output at these step attempts (-1: all)")
     g.add_argument("--inject-nan-module", help="module whose output the injection replaces")
 
@@ -152,6 +147,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
 
+    from pdenets.train.build import preflight
     from pdenets.train.config import resolve_config
     from pdenets.train.trainer import train
 
@@ -162,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
+    preflight(cfg)  # unknown hooks, a model the data set cannot feed, refused -m arguments: before any file
     with deterministic_mode(cfg.deterministic):
         summary = train(cfg)
 

@@ -8,13 +8,22 @@ autograd function is a training-time device; after folding the block is two conv
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 FORMATS = ("onnx", "torchscript", "torch-export")
+ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
+ONNX_INLINE_LIMIT = 2**31 - 2**26  # protobuf's 2 GB limit on one file, less a margin for the graph
+EXPORTER_NAMES = {"dynamo": "dynamo (torch.export-based, onnxscript)", "legacy": "legacy (TorchScript-based)"}
+
+
+def _n_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 def prepare_for_export(model: nn.Module, fold: bool = True) -> nn.Module:
@@ -65,6 +74,8 @@ def export_model(
                 kwargs["dynamic_axes"] = {"input": {0: "batch"}, "output": {0: "batch"}}
             if dynamo:
                 kwargs["verbose"] = False
+                if "external_data" in inspect.signature(torch.onnx.export).parameters:
+                    kwargs["external_data"] = _n_bytes(net) >= ONNX_INLINE_LIMIT  # one file unless protobuf's 2 GB
             torch.onnx.export(net, (x,), str(out), **kwargs)
         elif fmt == "torchscript":
             torch.jit.save(torch.jit.trace(net, x), str(out))
@@ -86,3 +97,65 @@ def verify_onnx(path: str | Path, model: nn.Module, x: torch.Tensor) -> float:
         ref = model(x)
     model.train(was)
     return float((torch.from_numpy(got) - ref.float()).abs().max())
+
+
+@dataclass
+class OnnxExport:
+    """What :func:`export_onnx` did: the file, the exporter used ('dynamo' or 'legacy'), why the dynamo
+    exporter was not used (``fallback``, empty if it was) and the onnxruntime check (None without one)."""
+
+    path: Path
+    exporter: str
+    fallback: str = ""
+    max_abs_diff: float | None = None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def export_onnx(
+    model: nn.Module,
+    out: str | Path,
+    input_shape: tuple[int, ...],
+    exporter: str = "auto",
+    fold: bool = True,
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+    check: torch.Tensor | None = None,
+    tol: float = 1e-4,
+) -> OnnxExport:
+    """Write ``model`` as ONNX with the chosen exporter and (given ``check``, a batch) compare onnxruntime with
+    PyTorch on it.
+
+    ``exporter``: 'dynamo' (torch's ``torch.export``-based exporter; needs ``onnxscript``), 'legacy' (the
+    TorchScript-based one) or 'auto' (default): dynamo, and the legacy exporter if dynamo raises for any reason
+    (``onnxscript`` missing, an operator it cannot convert ...) or its file fails the check (onnxruntime cannot
+    load it, or differs by more than ``tol``). An explicit exporter raises its own error.
+    """
+    if exporter not in ONNX_EXPORTERS:
+        raise ValueError(f"unknown ONNX exporter {exporter!r}; expected one of {', '.join(ONNX_EXPORTERS)}")
+    if check is not None:
+        import onnxruntime  # noqa: F401  (a missing runtime is not a reason to switch exporters)
+    order = ("dynamo", "legacy") if exporter == "auto" else (exporter,)
+    why = ""
+    for name in order:
+        last = name == order[-1]
+        try:
+            path = export_model(model, "onnx", out, input_shape, fold, dynamic_batch, dynamo=name == "dynamo",
+                                opset=opset)
+            err = verify_onnx(path, model, check) if check is not None else None
+        except Exception as e:
+            if last and why:
+                raise RuntimeError(f"ONNX export failed with both exporters (dynamo: {why}; legacy: "
+                                   f"{_first_line(e)})") from e
+            if last:
+                raise
+            why = _first_line(e)
+            continue
+        if err is not None and not err <= tol and not last:
+            why = f"onnxruntime differs from PyTorch by {err:.1e} > {tol:g}"
+            continue
+        return OnnxExport(path, name, why, err)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn as nn
 
+from pdenets.layers.tracing import is_symbolic_tracing
+
 ACTIVATIONS = ("none", "relu", "hardtanh", "hardball", "softball")
 
 
@@ -57,6 +59,9 @@ class _Radial(nn.Module):
         return f"radius={self.radius:.4g}"
 
     def _check(self, x: torch.Tensor) -> None:
+        """The input check (not while torch.fx traces, whose shapes are symbolic; TorchScript skips the call)."""
+        if is_symbolic_tracing():
+            return
         if x.dim() < 2:
             raise ValueError(f"expected a tensor of shape (N, C, ...), got shape {tuple(x.shape)}")
 
@@ -65,7 +70,8 @@ class HardBall(_Radial):
     """Module form of :func:`hardball` (Liu-Shao-Bai §3); R = sqrt(channels) unless ``radius`` is given."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
+        if not torch.jit.is_scripting():
+            self._check(x)
         return hardball(x, self.radius)
 
 
@@ -73,7 +79,8 @@ class SoftBall(_Radial):
     """Module form of :func:`softball` (Liu-Shao-Bai §3); R = sqrt(channels) unless ``radius`` is given."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
+        if not torch.jit.is_scripting():
+            self._check(x)
         return softball(x, self.radius)
 
 

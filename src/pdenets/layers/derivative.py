@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -37,6 +39,14 @@ def pad_conv2d(
         return F.conv2d(x, weight, bias, stride, p, 1, groups)
     x = F.pad(x, (p, p, p, p), mode=padding_mode)
     return F.conv2d(x, weight, bias, stride, 0, 1, groups)
+
+
+# A leaf of torch.fx graphs (plain symbolic_trace: torch.fx.wrap, which patches this module's calls; timm's and
+# torchvision's tracers: timm's registry, which covers every caller): its branch reads the padding mode and the
+# kernel size, fixed by the module, not data; traced through, `weight.shape[-1]` would be a Proxy
+# (docs/design.md §12).
+torch.fx.wrap("pad_conv2d")
+register_notrace_function(pad_conv2d)
 
 
 class DerivativeConv(nn.Module):

@@ -48,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pdenets.layers.derivative import DerivativeConv
+from pdenets.layers.tracing import is_symbolic_tracing, is_tracing
 
 _conv_backward = torch.ops.aten.convolution_backward
 
@@ -288,8 +289,9 @@ def fused_derivative_bn(
     """
     if (xc is None) != (conv_c is None):
         raise ValueError("pass both xc and conv_c, or neither")
-    if not (isinstance(conv_d, DerivativeConv) and isinstance(bn, nn.BatchNorm2d)):
-        # Already folded (pdenets.symmetry.fold.fold_bn) or otherwise replaced: the plain composition.
+    if is_tracing() or not (isinstance(conv_d, DerivativeConv) and isinstance(bn, nn.BatchNorm2d)):
+        # Traced (the autograd Function cannot be recorded, docs/design.md §12), already folded
+        # (pdenets.symmetry.fold.fold_bn) or otherwise replaced: the plain composition.
         y = bn(conv_d(xd))
         y = y if conv_c is None else y * conv_c(xc)
         return _reorder(y, y.shape[1] // xd.shape[1], True) if direction_major else y
@@ -355,11 +357,12 @@ def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, weight: torch.Tenso
 
     ``weight`` replaces ``conv.weight`` (e.g. its columns reordered by :func:`to_direction_major`). Falls
     back to conv then BN in training mode, for BatchNorms without running statistics, and when either
-    module has hooks registered (so they still fire; conv's only when ``weight`` is None).
+    module has hooks registered (so they still fire; conv's only when ``weight`` is None), and while torch.fx
+    traces symbolically (the graph then holds the two modules and works in either mode, docs/design.md §12).
     """
     w = conv.weight if weight is None else weight
     hooked = any((m._forward_hooks or m._forward_pre_hooks) for m in (conv, bn))
-    if bn.training or hooked or not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
+    if bn.training or hooked or not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or is_symbolic_tracing():
         return bn(conv(x) if weight is None else conv._conv_forward(x, w, conv.bias))
     a, b = eval_bn_affine(bn)
     if conv.bias is not None:

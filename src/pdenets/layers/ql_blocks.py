@@ -35,6 +35,7 @@ from pdenets.layers.activations import create_act
 from pdenets.layers.derivative import DerivativeConv
 from pdenets.layers.fused import conv_bn, fused_derivative_bn, to_direction_major
 from pdenets.layers.stream import BlockSpec, BNFold, Channels, Touch
+from pdenets.layers.tracing import is_tracing
 from pdenets.layers.varcoef import CoordinateCoefficients
 
 
@@ -66,10 +67,13 @@ class QLBlock(nn.Module):
             folded into the convs at inference). ``None`` (default): whenever the block allows it (not with
             ``var_coef``, whose coefficients sit between D and its BN); ``True``: always (an error with
             ``var_coef``); ``False``: never (the modules one by one, their forward hooks fire). Speed and
-            memory of both paths: ``benchmarks/README.md``.
+            memory of both paths: ``benchmarks/README.md``. While the model is scripted or traced
+            (``torch.jit``, ``torch.fx``) the blocks take the module path whatever ``fused`` says: the
+            fused op is an autograd Function no tracer can record (docs/design.md §12).
     """
 
     equation: str = ""
+    __jit_unused_properties__ = ["use_fused"]  # TorchScript: the scripted blocks always take the module path
 
     def __init__(
         self,
@@ -123,9 +127,11 @@ class QLBlock(nn.Module):
 
     @property
     def use_fused(self) -> bool:
-        """Whether :meth:`branch` takes the fused path now (see ``fused``)."""
+        """Whether :meth:`branch` takes the fused path now (see ``fused``; never while jit- or fx-traced)."""
         if getattr(self, "var_coef", None) is not None:
             return False  # the coordinate coefficients sit between D and its BN: reference path only
+        if is_tracing():
+            return False  # the traceable module path (docs/design.md §12)
         return True if self.fused is None else bool(self.fused)
 
     def _fused_a(
@@ -178,6 +184,8 @@ class QLBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample is None:
             shortcut = x
+        elif torch.jit.is_scripting():
+            shortcut = self.downsample(x)
         elif self.use_fused and isinstance(self.downsample, nn.Sequential) and len(self.downsample) == 2:
             shortcut = conv_bn(self.downsample[0], self.downsample[1], x)  # BN folded in eval mode
         else:
@@ -209,8 +217,9 @@ class Eq3Block(QLBlock):
         self.init_last_bn()
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_fused:
-            return self._fused_a(x, x, self.conv_c, bn=self.bn_a)
+        if not torch.jit.is_scripting():  # its own `if`: TorchScript compiles only the module path
+            if self.use_fused:
+                return self._fused_a(x, x, self.conv_c, bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x)) * self.conv_c(x)))
 
     def stream_touches(self) -> tuple[Touch, ...]:
@@ -240,8 +249,9 @@ class Eq3PBlock(Eq3Block):
         self.conv_p = conv1x1(in_chs, in_chs)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_fused:
-            return self._fused_a(self.conv_p(x), x, self.conv_c, bn=self.bn_a)
+        if not torch.jit.is_scripting():
+            if self.use_fused:
+                return self._fused_a(self.conv_p(x), x, self.conv_c, bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(self.conv_p(x))) * self.conv_c(x)))
 
     def stream_touches(self) -> tuple[Touch, ...]:
@@ -271,8 +281,9 @@ class Eq4Block(QLBlock):
         self.init_last_bn()
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_fused:
-            return self.bn_a(self._fused_a(x) * self.conv_c(x))
+        if not torch.jit.is_scripting():
+            if self.use_fused:
+                return self.bn_a(self._fused_a(x) * self.conv_c(x))
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x))) * self.conv_c(x))
 
     def stream_touches(self) -> tuple[Touch, ...]:
@@ -313,12 +324,13 @@ class Eq5Block(QLBlock):
         self.conv_c = conv1x1(in_chs, mid, stride)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_fused:
+        if torch.jit.is_scripting():
+            y = self.bn_d(self.conv_d(x)) * self.conv_c(x)
+        elif self.use_fused:
             y = fused_derivative_bn(x, self.conv_d, self.bn_d, x, self.conv_c)
         else:
             y = self.bn_d(self.conv_d(x)) * self.conv_c(x)
-        n, _, h, w = y.shape
-        return y.view(n, self.out_chs, self.group, h, w).sum(2)
+        return y.view(y.shape[0], self.out_chs, self.group, y.shape[2], y.shape[3]).sum(2)
 
     def stream_touches(self) -> tuple[Touch, ...]:
         """D reads u_j into channels m·j + d, and the fixed sum writes groups of g = m·n/o of them into output
@@ -355,8 +367,9 @@ class Eq6Block(QLBlock):
         self.init_last_bn()
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_fused:
-            return self._fused_a(x * self.conv_c(x), bn=self.bn_a)
+        if not torch.jit.is_scripting():
+            if self.use_fused:
+                return self._fused_a(x * self.conv_c(x), bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(x * self.conv_c(x)))))
 
     def stream_touches(self) -> tuple[Touch, ...]:
@@ -397,8 +410,9 @@ class Eq7Block(QLBlock):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         w = self.conv_c(x) * x.repeat(1, self.multiplier, 1, 1)
-        if self.use_fused:
-            return self._fused_a(w, bn=self.bn_a)
+        if not torch.jit.is_scripting():
+            if self.use_fused:
+                return self._fused_a(w, bn=self.bn_a)
         return self.bn_a(self.conv_a(self.bn_d(self.conv_d(w))))
 
     def stream_touches(self) -> tuple[Touch, ...]:

@@ -22,8 +22,10 @@ shift β (and its scale γ multiplies the normalised features).
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 from pdenets.layers.derivative import check_padding_mode
 
@@ -86,10 +88,18 @@ def conv_kt(x: torch.Tensor, weight: torch.Tensor, padding_mode: str = "zeros") 
     p = weight.shape[-1] // 2
     if padding_mode == "zeros" or p == 0:
         return F.conv_transpose2d(x, weight, padding=p)
-    if p != 1:
-        raise ValueError(f"padding_mode {padding_mode!r} adjoint is implemented for 3×3 kernels only")
+    if p != 1:  # (no !r in the message: TorchScript compiles this function)
+        raise ValueError(f"padding_mode '{padding_mode}' adjoint is implemented for 3×3 kernels only")
     g = F.conv_transpose2d(x, weight)  # (H+2)×(W+2): adjoint of the unpadded conv
     return _fold_halo(_fold_halo(g, 3, padding_mode), 2, padding_mode)
+
+
+# Leaves of torch.fx graphs (torch.fx.wrap for plain symbolic_trace, timm's registry for its tracers): their
+# branches read the boundary condition and the kernel size, fixed by the layer, not data (docs/design.md §12).
+torch.fx.wrap("conv_k")
+torch.fx.wrap("conv_kt")
+register_notrace_function(conv_k)
+register_notrace_function(conv_kt)
 
 
 class SymmetricLayer(nn.Module):

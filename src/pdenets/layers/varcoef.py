@@ -20,18 +20,31 @@ per block for n block-input channels and m derivative channels per input channel
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
+from timm.layers import register_notrace_function
+
+from pdenets.layers.tracing import is_symbolic_tracing
 
 VAR_COEF_KINDS: dict[str, int] = {"affine": 3, "quadratic": 6}
 
 
-def coordinate_features(
-    height: int, width: int, kind: str = "affine", dtype: torch.dtype | None = None, device=None
-) -> torch.Tensor:
-    """φ_p(x, y) on an H×W grid, shape (P, H, W); x, y ∈ [-1, 1] at the pixel centres (0 on a 1-pixel axis)."""
+def check_var_coef(kind: str) -> None:
+    """Raise if ``kind`` is not one of :data:`VAR_COEF_KINDS`."""
     if kind not in VAR_COEF_KINDS:
         raise ValueError(f"unknown var_coef {kind!r}; expected one of {', '.join(VAR_COEF_KINDS)} or None")
-    dtype = dtype or torch.get_default_dtype()
+
+
+def coordinate_features(
+    height: int, width: int, kind: str = "affine", dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """φ_p(x, y) on an H×W grid, shape (P, H, W); x, y ∈ [-1, 1] at the pixel centres (0 on a 1-pixel axis).
+
+    ``dtype`` None: the default dtype. Scriptable, and a leaf of torch.fx graphs (below).
+    """
+    if not torch.jit.is_scripting():
+        check_var_coef(kind)
     xs = torch.linspace(-1, 1, width, dtype=dtype, device=device) if width > 1 else torch.zeros(1, dtype=dtype,
                                                                                                  device=device)
     ys = torch.linspace(-1, 1, height, dtype=dtype, device=device) if height > 1 else torch.zeros(1, dtype=dtype,
@@ -41,6 +54,13 @@ def coordinate_features(
     if kind == "quadratic":
         feats += [x * x, x * y, y * y]
     return torch.stack(feats)
+
+
+# A leaf of torch.fx graphs (torch.fx.wrap for plain symbolic_trace, timm's registry for its tracers): it builds
+# the grid from the feature map's height and width — its shape, never its values — so the traced graph computes
+# it at run time for whatever resolution comes in (docs/design.md §12).
+torch.fx.wrap("coordinate_features")
+register_notrace_function(coordinate_features)
 
 
 class CoordinateCoefficients(nn.Module):
@@ -53,8 +73,7 @@ class CoordinateCoefficients(nn.Module):
 
     def __init__(self, channels: int, kind: str = "affine") -> None:
         super().__init__()
-        if kind not in VAR_COEF_KINDS:
-            raise ValueError(f"unknown var_coef {kind!r}; expected one of {', '.join(VAR_COEF_KINDS)} or None")
+        check_var_coef(kind)
         if channels < 1:
             raise ValueError(f"channels must be positive, got {channels}")
         self.channels, self.kind = channels, kind
@@ -72,9 +91,15 @@ class CoordinateCoefficients(nn.Module):
         return torch.einsum("cp,phw->chw", self.weight, phi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self._check(x)
+        return x * self.field(x.shape[-2], x.shape[-1]).to(x.dtype)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if is_symbolic_tracing():
+            return  # symbolic shapes (docs/design.md §12)
         if x.shape[1] != self.channels:
             raise ValueError(f"expected {self.channels} channels, got shape {tuple(x.shape)}")
-        return x * self.field(x.shape[-2], x.shape[-1]).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, kind={self.kind!r}"

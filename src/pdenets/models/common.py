@@ -1,8 +1,10 @@
-"""Pieces shared by the image-model families: timm's classifier interface."""
+"""Pieces shared by the image-model families: timm's classifier interface.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: torch.fx copies the annotations of the traced ``forward`` into
+the code it generates, and TorchScript (scripting a traced model) can read real types but not those strings.
+"""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -18,13 +20,14 @@ class TimmClassifierMixin:
 
     _STEM_PATTERN: str = r"^stem"
     _BLOCK_PATTERNS: tuple[str, str] = (r"^stages\.(\d+)", r"^stages\.(\d+)\.(\w+)")
-    num_features: int
-    num_classes: int
-    grad_checkpointing: bool
-    global_pool: nn.Module
-    fc: nn.Module
-    drop_rate: float
-    training: bool
+    if TYPE_CHECKING:  # for type checkers only: TorchScript types attributes from the class annotations and has
+        num_features: int  # no type for nn.Module; without them it infers each attribute's type from its value
+        num_classes: int
+        grad_checkpointing: bool
+        global_pool: nn.Module
+        fc: nn.Module
+        drop_rate: float
+        training: bool
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

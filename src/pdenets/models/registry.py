@@ -25,7 +25,7 @@ ModelFn = Callable[..., nn.Module]
 # that any artifact written from it, or from a folded/compressed/teleported copy, can rebuild the tree
 # (:mod:`pdenets.artifacts`). ``copy.deepcopy`` carries the record along.
 BUILD_ATTR = "_pdenets_build"
-_TIMM_KEYS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+_TIMM_KEYS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_model_args", "cache_dir")
 
 
 def record_build(model: nn.Module, name: str, kwargs: dict[str, Any]) -> nn.Module:

@@ -10,7 +10,16 @@ and of the explicit two-step linear multistep scheme, Eq. (111), with one traina
 
 The first step of the two-step scheme has no x⁽⁻¹⁾; we start it with x⁽⁻¹⁾ = x⁽⁰⁾ (zero initial
 "velocity", as the leapfrog start in docs/design.md §5), where the k term cancels, so only k_1 … k_{L−1} exist
-(L − 1 parameters, initialised to 0, which is Euler).
+(L − 1 parameters, initialised to 0, which is Euler). ``scheme='rk4'`` integrates the same vector field
+F_l(x) = (W̃⁽ˡ⁾x + b̃⁽ˡ⁾ − γ̃ φ(x)) / Δt with the classical Runge–Kutta step (the schemes are the shared ones of
+:mod:`pdenets.dynamics.schemes`).
+
+**Time step and final time** (docs/design.md §14). The stored parameters are the scaled ones of Eq. (110),
+W̃ = Δt w, b̃ = Δt b, γ̃ = Δt γ, for the step ``h`` = Δt (default 1, so t = l and T = L, Eq. 3);
+:meth:`~_OdeStack.rediscretized` evaluates the same ODE with another number of layers or step by
+resampling w(t), b(t) in time and rescaling (W̃' = (Δt'/Δt) W̃(t), …). ``learn_time=True`` makes the final
+time T (initially L·h) a parameter ``final_time``: every step is then T/L and the increments are scaled by
+T/(L h) — Ruseckas Eq. (16), dℒ/dT = a(T)·F(x(T)), is what autograd computes for it.
 
 * :class:`OdeNet` — the dense network of §5.1 on points of R^N. Inputs with fewer features than the
   width N are augmented with zero coordinates (§3.2, Eq. 59: x_i(0) = 0 for i > N_in).
@@ -55,10 +64,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
+from pdenets.dynamics.schemes import create_scheme, new_time_grid, resample_sequence
 from pdenets.layers.derivative import check_padding_mode, pad_conv2d
-from pdenets.models.registry import register_image_model, register_model
+from pdenets.models.registry import build_record, create_model, register_image_model, register_model
 
-SCHEMES = ("euler", "lm2")
+SCHEMES = ("euler", "lm2", "rk4")
 
 
 def odd_power(x: torch.Tensor, mu: float) -> torch.Tensor:
@@ -89,19 +99,26 @@ class _OdeStack(nn.Module):
     bias: nn.Parameter
 
     def _init_common(self, depth: int, gamma: float, learn_gamma: bool, mu: float, scheme: str,
-                     gamma_lr_scale: float = 1.0) -> None:
+                     gamma_lr_scale: float = 1.0, h: float = 1.0, learn_time: bool = False,
+                     time_lr_scale: float = 1.0) -> None:
         if depth < 1:
             raise ValueError(f"depth (number of layers L) must be positive, got {depth}")
         if mu < 1:
             raise ValueError(f"nonlinearity exponent mu must be >= 1 (Eq. 57 uses mu > 1), got {mu}")
+        scheme = "euler" if scheme == "forward_euler" else scheme
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
         if not gamma_lr_scale > 0:
             raise ValueError(f"gamma_lr_scale must be positive, got {gamma_lr_scale}")
+        if not (h > 0 and time_lr_scale > 0):
+            raise ValueError(f"h and time_lr_scale must be positive, got {h} and {time_lr_scale}")
         self.depth = depth
         self.gamma_lr_scale = float(gamma_lr_scale)
         self.mu = float(mu)
         self.scheme = scheme
+        self.integrator = create_scheme(scheme, "first_order")
+        self.h, self.learn_time, self.time_lr_scale = float(h), learn_time, float(time_lr_scale)
+        self.final_time = nn.Parameter(torch.tensor(depth * float(h))) if learn_time else None
         self.learn_gamma = learn_gamma
         g = torch.tensor(float(gamma))
         if learn_gamma:
@@ -115,14 +132,20 @@ class _OdeStack(nn.Module):
 
     # -- training options (read by the trainer) ----------------------------------------------------
     def param_lr_scales(self) -> dict[str, float]:
-        """Learning-rate factors by parameter name: γ̃'s ``gamma_lr_scale`` when γ̃ is learnable."""
-        return {"gamma": self.gamma_lr_scale} if self.learn_gamma else {}
+        """Learning-rate factors by parameter name: γ̃'s ``gamma_lr_scale`` when γ̃ is learnable, the final
+        time's ``time_lr_scale`` when T is."""
+        scales = {"gamma": self.gamma_lr_scale} if self.learn_gamma else {}
+        if self.learn_time:
+            scales["final_time"] = self.time_lr_scale
+        return scales
 
     @torch.no_grad()
     def constrain_(self) -> None:
-        """Keep γ̃ ≥ 0 (called after every optimizer step)."""
+        """Keep γ̃ ≥ 0 and a learnable T ≥ 10⁻³·L·h (called after every optimizer step)."""
         if self.learn_gamma:
             self.gamma.clamp_(min=0)
+        if self.final_time is not None:
+            self.final_time.clamp_(min=1e-3 * self.depth * self.h)
 
     # -- one layer --------------------------------------------------------------------------------
     def affine(self, layer: int, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -138,21 +161,33 @@ class _OdeStack(nn.Module):
             return 0.0
         return self.k[layer - 1]
 
+    # -- the problem the scheme integrates (pdenets.dynamics.schemes) ---------------------------------------
+    kind = "first_order"
+
+    def time_step(self) -> torch.Tensor | float:
+        """The step Δt: ``h``, or T/L with a learnable final time T."""
+        return self.final_time / self.depth if self.final_time is not None else self.h
+
+    def rate(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """F_l(x) = w⁽ˡ⁾x + b⁽ˡ⁾ − γ φ(x) = (W̃⁽ˡ⁾x + b̃⁽ˡ⁾ − γ̃ φ(x)) / h (Eq. 110)."""
+        v = self.velocity(layer, x)
+        return v if self.h == 1.0 else v / self.h
+
+    def multistep_k(self, layer: int) -> torch.Tensor | float:
+        return self.layer_k(layer)
+
     def augment(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward_states(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """All hidden states [x⁽⁰⁾ (augmented input), x⁽¹⁾, …, x⁽ᴸ⁾] (L + 1 tensors)."""
+        """All hidden states [x⁽⁰⁾ (augmented input), x⁽¹⁾, …, x⁽ᴸ⁾] (L + 1 tensors): Eq. (109) for 'euler'
+        (x⁽ˡ⁺¹⁾ = x⁽ˡ⁾ + W̃⁽ˡ⁾x⁽ˡ⁾ + b̃⁽ˡ⁾ − γ̃ φ(x⁽ˡ⁾) when h = 1), Eq. (111) for 'lm2', RK4 for 'rk4'."""
         x = self.augment(x)
         states = [x]
-        prev = x
+        state = self.integrator.start(self, (x,))
         for layer in range(self.depth):
-            cur = states[-1]
-            nxt = cur + self.velocity(layer, cur)
-            if self.k is not None and layer > 0:
-                nxt = nxt + self.layer_k(layer) * (prev - cur)
-            prev = cur
-            states.append(nxt)
+            state = self.integrator.step(self, layer, state)
+            states.append(self.integrator.finish(state)[0])
         return states
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +200,38 @@ class _OdeStack(nn.Module):
 
     def extra_repr(self) -> str:
         g = "learnable" if self.learn_gamma else "fixed"
-        return f"depth={self.depth}, mu={self.mu:g}, gamma={g}, scheme={self.scheme}"
+        t = ", T learnable" if self.learn_time else ""
+        return f"depth={self.depth}, h={self.h:g}{t}, mu={self.mu:g}, gamma={g}, scheme={self.scheme}"
+
+    # -- re-discretisation (docs/design.md §14) ------------------------------------------------------------
+    @torch.no_grad()
+    def rediscretized(self, steps: int | None = None, h: float | None = None, factor: float | None = None,
+                      scheme: str | None = None) -> _OdeStack:
+        """The same ODE on another time grid: a new network (built by :func:`pdenets.create_model` from this
+        one's build record) with ``steps`` layers of step ``h`` (see :func:`~pdenets.dynamics.schemes.new_time_grid`;
+        ``steps`` alone keeps T) and ``scheme`` (default: this one's).
+
+        w(t), b(t) are resampled in time (piecewise linear in t/T) and the scaled parameters of Eq. (110)
+        rescaled to the new step: W̃' = (h'/h) W̃(t), b̃' = (h'/h) b̃(t), γ̃' = (h'/h) γ̃; the k_l of Eq. (111) are
+        resampled unscaled (k_0 taken as k_1). A learnable T is kept at its value (or N'·h' if h is given)."""
+        rec = build_record(self)
+        if rec is None:
+            raise ValueError(f"{type(self).__name__}.rediscretized needs a model built by pdenets.create_model")
+        (n_new,), h_new = new_time_grid([self.depth], float(self.time_step()), steps, h, factor)
+        kwargs = dict(rec["create_kwargs"], depth=n_new, h=h_new)
+        if scheme is not None:
+            kwargs["scheme"] = scheme
+        new = create_model(rec["model"], **kwargs)
+        p = self.weight
+        new = new.to(p.device, p.dtype)
+        r = h_new / self.h
+        new.weight.copy_(r * torch.stack(resample_sequence(self.weight, n_new)))
+        new.bias.copy_(r * torch.stack(resample_sequence(self.bias, n_new)))
+        new.gamma.copy_(r * self.gamma)
+        if new.k is not None and self.k is not None and self.k.numel() and new.k.numel():
+            full = torch.cat([self.k[:1], self.k])  # k_0 := k_1 (k_0 itself is not a parameter)
+            new.k.copy_(torch.stack(resample_sequence(full, n_new))[1:])
+        return new.train(self.training)
 
 
 class OdeNet(_OdeStack):
@@ -180,10 +246,13 @@ class OdeNet(_OdeStack):
         gamma: γ̃ = Δt γ (Eq. 110), the initial value when learnable.
         learn_gamma: train γ̃ (one extra parameter, like a PReLU slope) or keep it fixed (a buffer).
         mu: exponent of the nonlinearity sign(x)|x|^μ (Eq. 57); 3 is the cubic of Eq. (56).
-        scheme: ``'euler'`` (Eq. 109) or ``'lm2'`` (Eq. 111, trainable k_l).
+        scheme: ``'euler'`` (Eq. 109), ``'lm2'`` (Eq. 111, trainable k_l) or ``'rk4'``.
         head: ``'softmax'`` over the final state or ``'sigmoid'`` of one coordinate.
         head_index: the coordinate k of the sigmoid head (default: the last, x₃ in R³).
         gamma_lr_scale: learning-rate factor of a learnable γ̃ (see :meth:`param_lr_scales`).
+        h: the step Δt that the scaled parameters W̃ = Δt w, b̃, γ̃ refer to (Eq. 110; default 1, T = L).
+        learn_time: make the final time T (initially L·h) a parameter (Ruseckas Eq. 16).
+        time_lr_scale: learning-rate factor of a learnable T.
     """
 
     def __init__(
@@ -199,6 +268,9 @@ class OdeNet(_OdeStack):
         head: str = "softmax",
         head_index: int = -1,
         gamma_lr_scale: float = 1.0,
+        h: float = 1.0,
+        learn_time: bool = False,
+        time_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         width = in_features if width is None else width
@@ -221,7 +293,7 @@ class OdeNet(_OdeStack):
                 raise ValueError(f"num_classes={num_classes} is incompatible with the two-class sigmoid head: need 2")
             if not -width <= head_index < width:
                 raise ValueError(f"head_index={head_index} is out of range for width {width}")
-        self._init_common(depth, gamma, learn_gamma, mu, scheme, gamma_lr_scale)
+        self._init_common(depth, gamma, learn_gamma, mu, scheme, gamma_lr_scale, h, learn_time, time_lr_scale)
         self.in_features = in_features
         self.width = width
         self.num_classes = num_classes
@@ -266,6 +338,7 @@ class OdeConvNet(_OdeStack):
         global_pool: ``'max'`` (the paper) or ``'avg'``.
         pretrained: accepted for timm compatibility; there are no pretrained weights.
         gamma_lr_scale: learning-rate factor of a learnable γ̃ (see :meth:`param_lr_scales`).
+        h, learn_time, time_lr_scale: the time step and the learnable final time, as :class:`OdeNet`.
     """
 
     def __init__(
@@ -283,6 +356,9 @@ class OdeConvNet(_OdeStack):
         global_pool: str = "max",
         img_size: int = 28,
         gamma_lr_scale: float = 1.0,
+        h: float = 1.0,
+        learn_time: bool = False,
+        time_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if channels < 1:
@@ -301,7 +377,7 @@ class OdeConvNet(_OdeStack):
             raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
         if global_pool not in ("max", "avg"):
             raise ValueError(f"global_pool must be 'max' or 'avg', got {global_pool!r}")
-        self._init_common(depth, gamma, learn_gamma, mu, scheme, gamma_lr_scale)
+        self._init_common(depth, gamma, learn_gamma, mu, scheme, gamma_lr_scale, h, learn_time, time_lr_scale)
         self.padding_mode = check_padding_mode(padding_mode)
         self.in_chans = in_chans
         self.channels = channels

@@ -33,10 +33,12 @@ import torch
 import torch.nn as nn
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models._features import feature_take_indices
 
 from pdenets.dynamics.integrators import UNITS, PDEUnit, create_unit
 from pdenets.layers.derivative import check_padding_mode
 from pdenets.layers.symmetric import SymmetricLayer
+from pdenets.layers.tracing import is_symbolic_tracing
 from pdenets.models.common import TimmClassifierMixin
 from pdenets.models.registry import register_image_model
 
@@ -133,7 +135,7 @@ class RHNet(TimmClassifierMixin, nn.Module):
         self.stem.add_module("bn", nn.BatchNorm2d(widths[0]))
         self.stem.add_module("act", nn.ReLU(inplace=True))
 
-        self.feature_info: list[dict[str, Any]] = []
+        self.feature_info = []  # dict(num_chs, reduction, module) per stage (unannotated: TorchScript warns)
         stages, reduction = [], 1
         for i, (w, n) in enumerate(zip(widths, steps_t)):
             stage = nn.Sequential()
@@ -141,7 +143,8 @@ class RHNet(TimmClassifierMixin, nn.Module):
                 stage.add_module(f"unit{d}", create_unit(
                     dynamics, w, steps=n, h=h, reversible=reversible, norm=norm, act=act,
                     padding_mode=padding_mode, bias=bias))
-            self.feature_info.append(dict(num_chs=w, reduction=reduction, module=f"stages.{i}"))
+            # the feature of stage i is its last unit's output, before the connector to the next width
+            self.feature_info.append(dict(num_chs=w, reduction=reduction, module=f"stages.{i}.unit{depth - 1}"))
             if i + 1 < len(widths):
                 stage.add_module("connect", Connector(w, widths[i + 1]))
                 reduction *= 2
@@ -162,10 +165,73 @@ class RHNet(TimmClassifierMixin, nn.Module):
             u.reversible = enable
 
     # ---- timm model interface --------------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor) -> None:
+        if is_symbolic_tracing():
+            return  # torch.fx: the shape is symbolic (docs/design.md §12)
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected input (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         return self.stages(self.stem(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature API: each stage's last unit output (``feature_info``, before the connector), and the
+        features.
+
+        Args:
+            indices: the last n stages if an int, all if None, else the stages listed (negative from the end).
+            norm: no effect (there is no final norm).  stop_early: stop after the last stage needed.
+            output_fmt: 'NCHW' only.  intermediates_only: return the list of intermediates only.
+
+        Returns:
+            The intermediates, or (features, intermediates); the features equal :meth:`forward_features` unless
+            ``stop_early`` ended the loop before the last stage.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.check_input(x)
+        x = self.stem(x)
+        intermediates: list[torch.Tensor] = []
+        for i, stage in enumerate(self.stages):
+            for name, module in stage.named_children():
+                if name != "connect":
+                    x = module(x)
+            if i in take_indices:
+                intermediates.append(x)
+            if stop_early and i >= max_index:
+                break
+            if hasattr(stage, "connect"):
+                x = stage.connect(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop what the intermediates ``indices`` do not need (timm's API): the stages after the last one taken
+        and that stage's connector (``num_features`` is then its width), and the classifier with ``prune_head``
+        or when stages were dropped. The kept modules keep their state-dict keys. Returns the indices kept."""
+        n = len(self.stages)
+        take_indices, max_index = feature_take_indices(n, indices)
+        if max_index < n - 1:
+            self.stages = self.stages[: max_index + 1]
+            del self.stages[max_index].connect
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or max_index < n - 1:
+            self.reset_classifier(0, "")
+        return take_indices
 
 
 # ---- registration ---------------------------------------------------------------------------------
@@ -182,7 +248,9 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> RHNet:
     n = len(kwargs.get("widths", STL10_WIDTHS))
-    return build_model_with_cfg(RHNet, variant, pretrained, feature_cfg=dict(out_indices=tuple(range(n))), **kwargs)
+    # features_only: timm's FeatureGetterNet (forward_intermediates), as the features sit inside the stages
+    feature_cfg = dict(out_indices=tuple(range(n)), feature_cls="getter")
+    return build_model_with_cfg(RHNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 def _make_constructor(name: str, model_args: dict[str, Any], example_shape: tuple[int, ...]):

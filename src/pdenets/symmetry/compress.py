@@ -36,7 +36,7 @@ from pdenets.symmetry.fold import fold_bn, is_folded
 from pdenets.symmetry.transform import GroupElement, load_params, transformed_params
 
 __all__ = ["Trapezoid1x1", "compress_widths", "gauge_fix", "pca_compress", "pca_curve", "rotatable",
-           "segment_writers", "writer_matrix"]
+           "segment_writers", "sync_stream_widths", "writer_matrix"]
 
 
 def n_params(model: nn.Module) -> int:
@@ -112,6 +112,35 @@ def _basis_change(model: nn.Module, analysis: Analysis, seg: int, u: torch.Tenso
     return new
 
 
+def sync_stream_widths(model: nn.Module, analysis: Analysis | None = None) -> nn.Module:
+    """Make the timm attributes that state stream widths follow the tensors after a width change (in place).
+
+    Each ``feature_info`` entry whose module ends a segment (a block, or the stage that holds it) gets that
+    segment's width as ``num_chs``; ``num_features`` and ``head_hidden_size`` (what ``forward_head`` and
+    ``reset_classifier`` read) get the width of the last segment; a ``widths`` tuple with one entry per segment
+    gets the segment widths. Without this a compressed model would keep its uncompressed widths there, and
+    ``reset_classifier`` would build a classifier of the wrong size. Returns ``model``.
+    """
+    a = analysis or analyze(model)
+    widths = [s.width for s in a.segments]
+    ends: dict[str, int] = {}
+    for b in a.blocks:  # in order: the last block of a stage names the stage's output width
+        ends[b.name] = b.seg_out
+        if "." in b.name:
+            ends[b.name.rpartition(".")[0]] = b.seg_out
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list):
+        model.feature_info = [dict(f, num_chs=widths[ends[f["module"]]]) if f.get("module") in ends else dict(f)
+                              for f in info]
+    last = a.blocks[-1].seg_out if a.blocks else len(widths) - 1
+    for attr in ("num_features", "head_hidden_size"):
+        if isinstance(getattr(model, attr, None), int):
+            setattr(model, attr, widths[last])
+    if isinstance(getattr(model, "widths", None), (tuple, list)) and len(model.widths) == len(widths):
+        model.widths = tuple(widths)
+    return model
+
+
 @dataclass
 class SegmentCompression:
     index: int
@@ -128,7 +157,8 @@ def compress_widths(model: nn.Module, rtol: float = 1e-6) -> tuple[nn.Module, li
     """Exact width reduction of every rotatable segment whose writer matrix has numerical rank r < n.
 
     ``rtol``: singular values ≤ rtol·σ_max count as zero (in float64). Returns the compressed folded model
-    (shared-kernel form) and one row per segment.
+    (shared-kernel form; ``feature_info``, ``num_features`` and ``widths`` follow the new widths,
+    :func:`sync_stream_widths`) and one row per segment.
     """
     folded = model if is_folded(model) else fold_bn(model, share_kernels=True)
     folded = copy.deepcopy(folded).eval()
@@ -152,6 +182,7 @@ def compress_widths(model: nn.Module, rtol: float = 1e-6) -> tuple[nn.Module, li
         analysis = analyze(folded)
         rows.append(SegmentCompression(seg.index, seg.width, r, float(s[0]), dropped, before - n_params(folded),
                                        sigma_kept_min=float(s[r - 1])))
+    sync_stream_widths(folded, analysis)
     add_edit(folded, "compress_widths", rtol=rtol, widths={r.index: [r.width, r.rank] for r in rows})
     return folded, rows
 
@@ -301,7 +332,7 @@ def pca_compress(model: nn.Module, inputs: torch.Tensor, keep: float) -> nn.Modu
         u = evecs[:, evals.argsort(descending=True)[:r]]
         folded = load_params(folded, _basis_change(folded, analysis, seg.index, u))
         analysis = analyze(folded)
-    return folded
+    return sync_stream_widths(folded, analysis)
 
 
 @torch.no_grad()

@@ -8,41 +8,66 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
 from pdenets.datasets import DatasetInfo
 from pdenets.errors import UsageError
 
-__all__ = ["artifact_meta", "build_model", "check_build_record", "check_classes", "model_create_kwargs",
-           "model_from_artifact"]
+if TYPE_CHECKING:
+    from pdenets.train.config import TrainConfig
+
+__all__ = ["DATA_KWARGS", "artifact_meta", "build_model", "check_build_record", "check_classes", "check_model_kind",
+           "model_create_kwargs", "model_from_artifact", "preflight"]
+
+
+DATA_KWARGS = ("num_classes", "in_chans", "in_features")  # set by the trainer from the data set
 
 
 def model_create_kwargs(name: str, info: DatasetInfo, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Constructor keywords for ``create_model(name)`` on a data set: ``num_classes`` and ``in_chans`` for
     image models; for other models only those of ``num_classes`` / ``in_features`` / ``in_chans`` that the
-    constructor accepts."""
-    from pdenets.models import is_image_model, registry
+    constructor accepts. The model must take the data set's kind of input (:func:`check_model_kind`), and a
+    ``-m num_classes`` (``in_chans``, ``in_features``) must agree with the data set."""
+    from pdenets.models import registry
 
-    kw: dict[str, Any] = {}
-    if is_image_model(name):
-        kw = dict(num_classes=info.num_classes, in_chans=info.in_chans)
+    check_model_kind(name, info)
+    fn = registry._OTHER_MODELS.get(name)
+    if fn is None:  # an image model: pdenets' own or timm's
+        kw: dict[str, Any] = dict(num_classes=info.num_classes, in_chans=info.in_chans)
     else:
-        fn = registry._OTHER_MODELS.get(name)
-        if fn is None:
-            raise UsageError(f"unknown model {name!r} (see `pdenets models`)")
         params = inspect.signature(fn).parameters
         var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
         wanted = dict(num_classes=info.num_classes, in_features=info.in_features,
                       in_chans=info.in_chans if info.kind == "image" else None)
         kw = {k: v for k, v in wanted.items() if v is not None and (k in params or var_kw)}
+    for k, v in (model_kwargs or {}).items():
+        if k in kw and v != kw[k]:
+            raise UsageError(f"-m {k}={v!r} does not match data set {info.name!r}, which has {k} = {kw[k]}; "
+                             f"drop -m {k} (the trainer sets it from the data set)")
     kw.update(model_kwargs or {})
     return kw
 
 
+def check_model_kind(name: str, info: DatasetInfo) -> None:
+    """Image models (pdenets' and timm's) need an image data set, the point models a vector one."""
+    from pdenets.models import registry
+
+    points = sorted(registry._OTHER_MODELS)
+    if name not in registry._OTHER_MODELS and info.kind != "image":
+        raise UsageError(f"model {name!r} takes images, but data set {info.name!r} holds {info.kind} data "
+                         f"({info.in_features}-D points); use an image data set or a point model "
+                         f"({', '.join(points)})")
+    if name in registry._OTHER_MODELS and info.kind == "image":
+        raise UsageError(f"model {name!r} takes points (vector data), but data set {info.name!r} holds images; "
+                         f"use --dataset circles or an image model")
+
+
 def build_model(name: str, create_kwargs: dict[str, Any]) -> nn.Module:
-    """``pdenets.create_model(name, **create_kwargs)`` with one-line errors for unknown names and arguments."""
+    """``pdenets.create_model(name, **create_kwargs)`` with one-line errors for unknown names and for arguments
+    the constructor refuses (its ``TypeError``, ``ValueError``, ``KeyError`` or ``AssertionError`` becomes a
+    :class:`UsageError` naming the ``-m`` arguments)."""
     from pdenets.models import create_model, list_models
 
     if name not in list_models():
@@ -52,8 +77,37 @@ def build_model(name: str, create_kwargs: dict[str, Any]) -> nn.Module:
             raise UsageError(f"unknown model {name!r} (see `pdenets models`)")
     try:
         return create_model(name, **create_kwargs)
-    except TypeError as e:
-        raise UsageError(f"model {name!r} does not accept these arguments: {e}") from None
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        given = " ".join(f"-m {k}={v!r}" for k, v in create_kwargs.items() if k not in DATA_KWARGS)
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"model {name!r} refused its arguments{f' ({given})' if given else ''}: {why}") from None
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """What the start of a run would refuse, checked before any file is written or data loaded: the hooks
+    (``cfg.hooks``), and the model of a fresh run — ``cfg.model`` built with the data set's classes and
+    channels and the ``-m`` arguments on the meta device (no memory, no init cost), ``inject_nan_module``.
+    Runs that take their model from an artifact (``resume`` of an existing run, ``init_from``) are checked
+    when the artifact is read."""
+    import torch
+
+    from pdenets.datasets import dataset_info
+    from pdenets.hooks import create_hook
+    from pdenets.train.rundir import existing_run
+
+    for spec in cfg.hooks:
+        try:
+            create_hook(spec)
+        except ValueError as e:
+            raise UsageError(f"--hook {spec}: {e}") from None
+    if cfg.init_from or (cfg.resume and (cfg.resume != "auto" or existing_run(cfg.out))):
+        return
+    info = dataset_info(cfg.dataset, cfg.data_dir)
+    with torch.device("meta"):
+        model = build_model(cfg.model, model_create_kwargs(cfg.model, info, cfg.model_kwargs))
+    names = dict(model.named_modules())
+    if cfg.inject_nan_module is not None and cfg.inject_nan_module not in names:
+        raise UsageError(f"--inject-nan-module {cfg.inject_nan_module!r} is not a module of {cfg.model!r}")
 
 
 def check_build_record(model: nn.Module) -> dict[str, Any]:

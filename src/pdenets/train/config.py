@@ -7,7 +7,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,52 +134,234 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self, check_dataset: bool = True) -> TrainConfig:
-        """Check values a user can get wrong; raise a one-line :class:`UsageError` naming the option.
-        ``check_dataset=False``: ``dataset`` is only a label (the trainer was given the data)."""
-        from pdenets.datasets import check_dataset_name
-
-        if check_dataset:
-            check_dataset_name(self.dataset)
-        positive_int = dict(epochs=self.epochs, batch_size=self.batch_size, recount=self.recount)
-        for k, v in positive_int.items():
-            if not isinstance(v, int) or v < 1:
-                raise UsageError(f"--{k.replace('_', '-')} must be a positive integer, got {v!r}")
-        for k in ("eval_batch_size", "max_steps_per_epoch", "stop_after", "img_size"):
-            v = getattr(self, k)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise UsageError(f"--{k.replace('_', '-')} must be a positive integer, got {v!r}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be a positive number, got {self.lr!r}")
-        for k in ("weight_decay", "momentum", "smoothing", "reprob", "warmup_lr", "min_lr", "random_shift"):
-            if getattr(self, k) < 0:
-                raise UsageError(f"--{k.replace('_', '-')} must be non-negative, got {getattr(self, k)!r}")
-        if self.warmup_epochs < 0 or self.workers < 0 or self.nan_snapshot_every < 0:
-            raise UsageError("--warmup-epochs, --workers and --nan-snapshot-every must be non-negative")
-        if not 0 < self.nan_lr_factor <= 1:
-            raise UsageError(f"--nan-lr-factor must be in (0, 1], got {self.nan_lr_factor!r}")
-        if self.nan_max_failures < 1:
-            raise UsageError(f"--nan-max-failures must be a positive integer, got {self.nan_max_failures!r}")
-        if self.nan_window < self.nan_max_failures:
-            raise UsageError(f"--nan-window must be at least --nan-max-failures ({self.nan_max_failures}), got "
-                             f"{self.nan_window!r}")
-        if self.nan_check_every < 0:
-            raise UsageError(f"--nan-check-every must be non-negative, got {self.nan_check_every!r}")
-        if self.amp not in (None, "bf16", "fp16"):
-            raise UsageError(f"--amp must be 'bf16' or 'fp16', got {self.amp!r}")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            raise UsageError(f"--clip-grad must be positive, got {self.clip_grad!r}")
-        if self.clip_mode not in ("norm", "value", "agc"):
-            raise UsageError(f"--clip-mode must be 'norm', 'value' or 'agc', got {self.clip_mode!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise UsageError(f"--device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
-        if self.init_which not in ("best", "last"):
-            raise UsageError(f"--which must be 'best' or 'last', got {self.init_which!r}")
-        if not 0 < self.ema_decay < 1:
-            raise UsageError(f"--ema-decay must be in (0, 1), got {self.ema_decay!r}")
+        """Check every value a user can get wrong (types, ranges, names, paths, device); raise a one-line
+        :class:`UsageError` naming the option (:func:`validate_config`). ``check_dataset=False``: ``dataset``
+        is only a label (the trainer was given the data)."""
+        validate_config(self, check_dataset)
         return self
 
 
 FIELD_NAMES = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+# ---- validation -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers an option accepts: ``lo``..``hi`` (None: unbounded), each end open or closed; a float must
+    also be finite. ``text`` replaces the generated description in messages."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    text: str = ""
+
+    def contains(self, v: float) -> bool:
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            return False
+        return self.hi is None or not (v > self.hi or (self.hi_open and v == self.hi))
+
+    def describe(self, integer: bool) -> str:
+        """'a positive integer', 'a finite number in [0, 1)', ..."""
+        if self.text:
+            return self.text
+        art, noun = ("an", "integer") if integer else ("a", "finite number")
+        lo, hi = self.lo, self.hi
+        if lo is None and hi is None:
+            return f"{art} {noun}"
+        if hi is None:
+            if lo == 0 or (integer and lo == 1 and not self.lo_open):
+                return f"a {'positive' if self.lo_open or lo == 1 else 'non-negative'} {noun}"
+            return f"{art} {noun} {'>' if self.lo_open else '>='} {lo:g}"
+        if lo is None:
+            return f"{art} {noun} {'<' if self.hi_open else '<='} {hi:g}"
+        return f"{art} {noun} in {'(' if self.lo_open else '['}{lo:g}, {hi:g}{')' if self.hi_open else ']'}"
+
+
+POSITIVE, NON_NEGATIVE = Range(0, lo_open=True), Range(0)
+SEED_RANGE = Range(-(2**63), 2**63 - 1, text="an integer in [-2^63, 2^63 - 1] (64 bits)")
+
+# Allowed numbers of every numeric field (for a list field: of each element); types come from the annotations.
+FIELD_RANGES: dict[str, Range] = dict(
+    img_size=Range(1), workers=NON_NEGATIVE, crop_pct=Range(0, 1, lo_open=True),
+    epochs=Range(1), batch_size=Range(1), eval_batch_size=Range(1), lr=POSITIVE, momentum=Range(0, 1),
+    weight_decay=NON_NEGATIVE, warmup_epochs=NON_NEGATIVE, warmup_lr=NON_NEGATIVE, min_lr=NON_NEGATIVE,
+    decay_milestones=NON_NEGATIVE, decay_epochs=POSITIVE, decay_rate=POSITIVE, smoothing=Range(0, 1, hi_open=True),
+    clip_grad=POSITIVE, reprob=Range(0, 1), recount=Range(1), hflip=Range(0, 1), scale=POSITIVE,
+    color_jitter=NON_NEGATIVE, random_shift=NON_NEGATIVE, ema_decay=Range(0, 1, lo_open=True, hi_open=True),
+    seed=SEED_RANGE, log_interval=Range(1), max_steps_per_epoch=Range(1), stop_after=Range(1),
+    nan_snapshot_every=NON_NEGATIVE, nan_lr_factor=Range(0, 1, lo_open=True), nan_max_failures=Range(1),
+    nan_window=Range(1), nan_check_every=NON_NEGATIVE, inject_nan_steps=Range(-1),
+)
+# Fields whose value is one of a fixed set of names (None allowed where the field is optional).
+FIELD_CHOICES: dict[str, tuple[str, ...]] = dict(
+    interpolation=("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos", "random"),
+    clip_mode=("norm", "value", "agc"), remode=("pixel", "rand", "const"), amp=("bf16", "fp16"),
+    init_which=("best", "last"),
+)
+PATH_FIELDS = ("data_dir", "out", "resume", "init_from")
+# Command-line spellings that are not --FIELD-NAME.
+OPTION_NAMES = dict(model_kwargs="-m/--model-kwarg", auto_augment="--aa", init_which="--which", hooks="--hook",
+                    no_aug="--aug/--no-aug", progress="--no-progress")
+
+
+def option_name(field_name: str) -> str:
+    """The command-line spelling of a field: ``lr`` -> ``--lr``, ``init_which`` -> ``--which``."""
+    return OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the annotated type (``bool`` is not an ``int``; an ``int`` is a ``float``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_matches(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return hint is Any or isinstance(value, hint)
+
+
+def _expected(name: str, hint: Any) -> str:
+    """What a field accepts, in words (for messages)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_expected(name, a) if a is not type(None) else "null" for a in args)
+    if origin is list:
+        return f"a list of {_expected(name, args[0]).split(' ', 1)[1].replace('integer', 'integers')}"
+    if origin is dict:
+        return "a mapping of KEY: VALUE"
+    if hint is bool:
+        return "true or false (a YAML boolean, not a string)"
+    if hint in (int, float):
+        return FIELD_RANGES.get(name, Range()).describe(hint is int)
+    return "a string" if hint is str else str(hint)
+
+
+def _check_types_and_ranges(cfg: TrainConfig) -> None:
+    hints = field_hints()
+    for f in dataclasses.fields(cfg):
+        v, hint = getattr(cfg, f.name), hints[f.name]
+        if f.name in PATH_FIELDS and isinstance(v, os.PathLike):  # a pathlib.Path from Python: saved as text
+            v = os.fspath(v)
+            setattr(cfg, f.name, v)
+        rng = FIELD_RANGES.get(f.name, Range())
+        numbers = [] if v is None else list(v) if isinstance(v, (list, tuple)) else [v]
+        if not _matches(v, hint) or not all(rng.contains(x) for x in numbers if isinstance(x, (int, float))):
+            raise UsageError(f"{option_name(f.name)} must be {_expected(f.name, hint)}, got {v!r}")
+        choices = FIELD_CHOICES.get(f.name)
+        if choices and v is not None and v not in choices:
+            raise UsageError(f"{option_name(f.name)} must be one of {', '.join(choices)}, got {v!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def field_hints() -> dict[str, Any]:
+    """The resolved type annotations of the :class:`TrainConfig` fields."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def numeric_kind(name: str) -> type | None:
+    """``int`` or ``float`` for a numeric field (or a list of numbers), else None."""
+    hint = field_hints().get(name)
+    todo, seen = [hint], set()
+    while todo:
+        h = todo.pop()
+        if h in (int, float):
+            seen.add(h)
+        todo += typing.get_args(h)
+    return float if float in seen else int if int in seen else None
+
+
+def _check_relations(cfg: TrainConfig) -> None:
+    """Options that constrain each other."""
+    if cfg.nan_window < cfg.nan_max_failures:
+        raise UsageError(f"--nan-window must be at least --nan-max-failures ({cfg.nan_max_failures}), got "
+                         f"{cfg.nan_window!r}")
+    if cfg.scale is not None and (len(cfg.scale) != 2 or cfg.scale[0] > cfg.scale[1]):
+        raise UsageError(f"scale must be two numbers [low, high] with low <= high, got {cfg.scale!r}")
+
+
+def _check_names(cfg: TrainConfig, check_dataset: bool) -> None:
+    """Names looked up in a registry: data set, optimizer, scheduler, recipe (hooks are resolved when a run
+    starts, :func:`pdenets.train.build.preflight`)."""
+    from pdenets.train.optim import SCHEDULERS, check_optimizer_name
+
+    if check_dataset:
+        from pdenets.datasets import check_dataset_name
+
+        check_dataset_name(cfg.dataset)
+    check_optimizer_name(cfg.opt)
+    if cfg.sched not in SCHEDULERS:
+        raise UsageError(f"--sched must be one of {', '.join(SCHEDULERS)}, got {cfg.sched!r}")
+    if cfg.recipe is not None:
+        from pdenets.train.recipes import RECIPES
+
+        if cfg.recipe not in RECIPES:
+            raise UsageError(f"unknown recipe {cfg.recipe!r}; expected one of: {', '.join(RECIPES)}")
+
+
+def validate_config(cfg: TrainConfig, check_dataset: bool = True) -> None:
+    """Every field against its annotated type (an int field refuses a bool, a bool field a string such as
+    "false", a float field a non-finite number), its :data:`FIELD_RANGES` / :data:`FIELD_CHOICES` entry, the
+    registries (data set, optimizer, scheduler, recipe), the output path and the device."""
+    _check_types_and_ranges(cfg)
+    _check_relations(cfg)
+    _check_names(cfg, check_dataset)
+    check_device(cfg.device)
+    check_out_path(cfg.out)
+    for k in ("resume", "init_from"):
+        v = getattr(cfg, k)
+        if v and not (k == "resume" and v == "auto") and not Path(v).expanduser().exists():
+            raise UsageError(f"{option_name(k)} {v!r} does not exist")
+
+
+def check_device(spec: Any, option: str = "--device") -> str:
+    """``auto``, ``cpu``, or ``cuda[:N]`` with such a CUDA device present; else a :class:`UsageError`."""
+    if spec in ("auto", "cpu"):
+        return spec
+    if isinstance(spec, str) and (spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit())):
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UsageError(f"{option} {spec}: no CUDA device is available here; use --device cpu (or auto)")
+        if spec != "cuda" and int(spec[5:]) >= n:
+            raise UsageError(f"{option} {spec}: there are {n} CUDA device(s), cuda:0 .. cuda:{n - 1}")
+        return spec
+    raise UsageError(f"{option} must be 'auto', 'cpu' or 'cuda[:N]', got {spec!r}")
+
+
+def check_out_path(value: Any, option: str = "--out", kind: str = "dir", suffixes: tuple[str, ...] = ()) -> Path:
+    """Refuse an output path that cannot be written, before any work is done: empty, an existing file where a
+    directory is meant (``kind='dir'``; a file with one of ``suffixes`` is allowed) or an existing directory
+    where a file is meant (``kind='file'``), below a file, or in a directory without write permission."""
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"{option} must be a path, got {value!r}")
+    p = Path(value).expanduser()
+    if kind == "file" and p.is_dir():
+        raise UsageError(f"{option} {value!r} is a directory; give a file name")
+    if kind == "dir" and p.exists() and not p.is_dir() and p.suffix not in suffixes:
+        also = f" or a {' / '.join(suffixes)} file" if suffixes else ""
+        raise UsageError(f"{option} {value!r} is an existing file; give a directory{also}")
+    q = p.absolute()
+    base = q if q.is_dir() else next(a for a in q.parents if a.exists())
+    if not base.is_dir():
+        raise UsageError(f"{option} {value!r}: {str(base)!r} is a file, not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {value!r}: cannot write in {str(base)!r} (permission denied)")
+    return p
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -190,7 +377,17 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise UsageError(f"config file {str(p)!r} is not valid YAML: {first}") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {str(p)!r} must hold a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    return {k: _yaml_number(v) if numeric_kind(k) is float else v for k, v in data.items()}
+
+
+_SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _yaml_number(v: Any) -> Any:
+    """``1e-3`` of a float option as a number: YAML 1.1 (PyYAML) reads scientific notation without a dot as a
+    string."""
+    return float(v) if isinstance(v, str) and _SCIENTIFIC.fullmatch(v.strip()) else v
 
 
 def _check_keys(d: dict[str, Any], where: str) -> None:

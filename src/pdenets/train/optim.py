@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from pdenets.errors import UsageError
 
-__all__ = ["LrControl", "build_optimizer", "build_scheduler", "param_groups"]
+__all__ = ["SCHEDULERS", "LrControl", "build_optimizer", "build_scheduler", "check_optimizer_name",
+           "param_groups"]
 
 
 def model_lr_scales(model: nn.Module) -> dict[str, float]:
@@ -61,6 +62,22 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
                                    momentum=cfg.momentum)
     except (ValueError, AssertionError) as e:
         raise UsageError(f"--opt {cfg.opt!r}: {e}") from None
+
+
+# timm's create_scheduler_v2 names, and ours for a constant lr.
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant", "wsd", "rsqrt", "none", "const")
+
+
+def check_optimizer_name(opt: str) -> None:
+    """A :class:`UsageError` unless timm's optimizer registry knows ``opt`` (a ``lookahead_`` prefix allowed)."""
+    from timm.optim import get_optimizer_class
+
+    name = opt.lower()
+    name = name[len("lookahead_"):] if name.startswith("lookahead_") else name
+    try:
+        get_optimizer_class(name)
+    except (ValueError, KeyError, ImportError, AssertionError) as e:
+        raise UsageError(f"--opt {opt!r}: {e} (timm's names, e.g. sgd, momentum, adamw)") from None
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int):
