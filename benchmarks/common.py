@@ -151,3 +151,25 @@ def _literal(v: str) -> object:
         except ValueError:
             pass
     return v
+
+
+# ---- roofline probes (timed interleaved with the models, so the same machine load hits them) -------------
+
+
+def gemm_probe(
+    device: torch.device, dtype: torch.dtype, size: tuple[int, int, int]
+) -> tuple[Callable[[], object], float]:
+    """A ``torch.mm`` of (M, K) @ (K, N) in ``dtype``; returns the function and its GMACs (M·K·N / 1e9)."""
+    m, k, n = size
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=g).to(device, dtype)
+    b = torch.randn(k, n, generator=g).to(device, dtype)
+    out = torch.empty(m, n, device=device, dtype=dtype)
+    return (lambda: torch.mm(a, b, out=out)), m * k * n / 1e9
+
+
+def copy_probe(device: torch.device, mib: int) -> tuple[Callable[[], object], float]:
+    """A ``copy_`` of ``mib`` MiB of float32; returns the function and the GB it moves (read + write)."""
+    src = torch.randn(mib * 2**18).to(device)
+    dst = torch.empty_like(src)
+    return (lambda: dst.copy_(src)), 2 * src.numel() * 4 / 1e9

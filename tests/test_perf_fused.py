@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _helpers import randomize_bn
-from pdenets.layers.fused import _FusedDerivativeBN, fused_derivative_bn
+from pdenets.layers.fused import fused_derivative_bn
 from pdenets.layers.ql_blocks import create_block
 
 
@@ -103,7 +103,7 @@ def test_gradcheck_tiny(coef, train):
         invstd = torch.rand(n * m, dtype=torch.float64) + 0.5
 
     def f(xd, wd, xc, wc, gamma, beta):
-        return _FusedDerivativeBN.apply(xd, wd, xc, wc, gamma, beta, mean, invstd, s, 1, n, 1e-5)[0]
+        return torch.ops.pdenets.derivative_bn(xd, wd, xc, wc, gamma, beta, mean, invstd, s, 1, n, 1e-5)[0]
 
     assert torch.autograd.gradcheck(f, (xd, wd, xc, wc, gamma, beta), eps=1e-6, atol=1e-6, fast_mode=True)
 

@@ -8,7 +8,9 @@ step (layer index l = t/Δt). Two penalties on such a sequence, without the stre
 * ``'tv'`` — R = Σ_l Σ_entries φ_ε(θ⁽ˡ⁺¹⁾ − θ⁽ˡ⁾), φ_ε(x) = √(x² + ε), the smoothed total variation in
   time of Ruthotto–Haber Eq. (11) (first term; ε = 1e-3 there). It favours piecewise-constant dynamics.
   With ``zero_at_zero=True`` each entry costs φ_ε(x) − √ε, so equal layers cost exactly 0 (the constant
-  does not change the gradient).
+  does not change the gradient). With a time step ``h`` it is the quadrature h Σ_l [φ_ε((θ⁽ˡ⁺¹⁾ − θ⁽ˡ⁾)/h) − √ε]
+  of α₁∫₀ᵀ φ_ε(∂ₜθ) dt, which tends to the integral as h → 0 for smooth θ(t) and is the sum above at h = 1
+  (:func:`tv_in_time`, the ``rh-tv`` hook; docs/design.md §14).
 
 The families supply the sequences; this module only walks modules and does arithmetic (it imports torch
 alone, so every floor of the package may use it):
@@ -33,7 +35,7 @@ import torch.nn as nn
 
 __all__ = [
     "KINDS", "TV_EPS", "WeightPair", "consecutive_weight_pairs", "differences", "l2_variation", "layer_sequences",
-    "layer_smoothness", "model_layer_smoothness", "phi_eps", "smoothness", "tv_variation",
+    "layer_smoothness", "model_layer_smoothness", "phi_eps", "smoothness", "tv_in_time", "tv_variation",
 ]
 
 TV_EPS = 1e-3  # ε of φ_ε, Ruthotto-Haber's value
@@ -60,13 +62,20 @@ def l2_variation(seq: ThetaSequence) -> torch.Tensor | None:
     return 0.5 * torch.stack(terms).sum() if terms else None
 
 
-def tv_variation(seq: ThetaSequence, eps: float = TV_EPS, zero_at_zero: bool = False) -> torch.Tensor | None:
-    """Σ_l Σ_entries φ_ε(θ⁽ˡ⁺¹⁾ − θ⁽ˡ⁾) [− √ε] (Ruthotto–Haber Eq. (11), first term, without α₁)."""
+def tv_variation(seq: ThetaSequence, eps: float = TV_EPS, zero_at_zero: bool = False,
+                 h: float = 1.0) -> torch.Tensor | None:
+    """h Σ_l Σ_entries [φ_ε((θ⁽ˡ⁺¹⁾ − θ⁽ˡ⁾)/h) − √ε] (the −√ε with ``zero_at_zero``): Ruthotto–Haber Eq. (11), first
+    term, without α₁, by the rectangle rule with time step ``h`` (h = 1: Σ φ_ε(Δθ), the paper's δ_t = 1)."""
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
+    if not h > 0:
+        raise ValueError(f"time step h must be positive, got {h}")
     shift = eps**0.5 if zero_at_zero else 0.0
-    terms = [(phi_eps(d, eps) - shift).sum() for d in differences(seq)]
-    return torch.stack(terms).sum() if terms else None
+    terms = [(phi_eps(d if h == 1.0 else d / h, eps) - shift).sum() for d in differences(seq)]
+    if not terms:
+        return None
+    total = torch.stack(terms).sum()
+    return total if h == 1.0 else h * total
 
 
 def smoothness(sequences: Iterable[ThetaSequence], kind: str = "l2", eps: float = TV_EPS,
@@ -83,6 +92,27 @@ def smoothness(sequences: Iterable[ThetaSequence], kind: str = "l2", eps: float 
             total = term if total is None else total + term
     if total is None:
         return like.new_zeros(()) if like is not None else torch.zeros(())
+    return total
+
+
+def tv_in_time(model: nn.Module, eps: float = TV_EPS) -> torch.Tensor:
+    """Σ over every module with ``layer_parameters()`` of :func:`tv_variation` (zero at zero) of its sequences, with
+    the module's time step h (``time_step()``; 1 without one): the discretised ∫₀ᵀ φ_ε(∂ₜθ) dt − √ε T of
+    Ruthotto–Haber Eq. (11) per entry, for each unit's own h (0 when no module has two steps)."""
+    total, like = None, None
+    for m in model.modules():
+        if not hasattr(m, "layer_parameters"):
+            continue
+        h = m.time_step() if hasattr(m, "time_step") else 1.0
+        h = float(h.detach()) if isinstance(h, torch.Tensor) else float(h)
+        for seq in m.layer_parameters():
+            like = like if like is not None else (seq if isinstance(seq, torch.Tensor) else seq[0])
+            term = tv_variation(seq, eps, zero_at_zero=True, h=h)
+            if term is not None:
+                total = term if total is None else total + term
+    if total is None:
+        p = next(model.parameters(), None) if like is None else like
+        return p.new_zeros(()) if p is not None else torch.zeros(())
     return total
 
 

@@ -52,6 +52,9 @@ def adjoint_states(model: _OdeStack, states: list[torch.Tensor], a_final: torch.
     (k_0 = 0, no a⁽ᴸ⁺¹⁾). ``states`` are [x⁽⁰⁾ … x⁽ᴸ⁾] from ``model.forward_states``. Returns [a⁽⁰⁾ … a⁽ᴸ⁾].
     """
     depth = model.depth
+    if model.scheme == "rk4" or model.learn_time:
+        raise NotImplementedError("Eq. (112) is the adjoint of the Euler and two-step schemes with fixed T; use "
+                                  "autograd for rk4 or a learnable final time")
     if len(states) != depth + 1:
         raise ValueError(f"expected {depth + 1} states x(0..L), got {len(states)}")
     adj: list[torch.Tensor | None] = [None] * (depth + 1)

@@ -224,42 +224,60 @@ def run_confusion(summary: dict[str, Any], model: nn.Module, data: Data) -> list
 
 def plot_fractions(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     """Test accuracy vs fraction of training data, one line per network (the paper's Fig. 2, left)."""
+    import textwrap
+
     fig, ax = subplots(figsize=(5, 3.6))
     for dyn in dict.fromkeys(r["dynamics"] for r in rows):
         rs = [r for r in rows if r["dynamics"] == dyn]
         ax.plot([100 * r["fraction"] for r in rs], [100 * r["test_acc"] for r in rs], "o-", label=dyn)
     ax.set_xlabel("training data used (%)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "accuracy vs amount of training data")
+    ax.set_title(textwrap.fill(title or "accuracy vs amount of training data", 48), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-    path = save_figure(fig, path, dpi=130)
+    save_figure(fig, path, dpi=130, bbox_inches="tight")
 
 
 def plot_confusions(rows: list[dict[str, Any]], path: str, fractions: Sequence[float] | None = None,
                     class_names: Sequence[str] | None = None) -> None:
-    """Grid of confusion matrices: networks row-wise, fractions of training data column-wise (Fig. 3)."""
+    """Grid of confusion matrices: networks row-wise, fractions of training data column-wise (Fig. 3). Each cell
+    is the fraction of the true class (rows) predicted as each class (columns), on one colour scale [0, 1]
+    (a shared colour bar); the class names label the axes of the outer panels."""
+    import numpy as np
+
     dyns = list(dict.fromkeys(r["dynamics"] for r in rows))
     fr_all = sorted({r["fraction"] for r in rows})
     if fractions is None:
         fractions = fr_all if len(fr_all) <= 4 else [fr_all[0], fr_all[len(fr_all) // 3],
                                                      fr_all[2 * len(fr_all) // 3], fr_all[-1]]
-    fig, axes = subplots(len(dyns), len(fractions), figsize=(2.6 * len(fractions), 2.6 * len(dyns)),
-                             squeeze=False)
+    n = len(fractions)  # a last, narrow column holds the colour bar (a grid axes: tight_layout places it)
+    fig, axes = subplots(len(dyns), n + 1, figsize=(2.6 * n + 0.9, 2.6 * len(dyns) + 0.3), squeeze=False,
+                         width_ratios=[1.0] * n + [0.07])
+    im = None
     for i, dyn in enumerate(dyns):
         for j, frac in enumerate(fractions):
             ax = axes[i][j]
             r = next((r for r in rows if r["dynamics"] == dyn and abs(r["fraction"] - frac) < 1e-9), None)
             if r is not None:
-                ax.imshow(torch.tensor(r["confusion"]).float().log1p().numpy(), cmap="viridis")
+                cm = np.asarray(r["confusion"], dtype=float)
+                im = ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="viridis", vmin=0, vmax=1)
                 ax.set_title(f"{dyn}, {frac:.0%}: {100 * r['test_acc']:.1f}%", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
+                k = cm.shape[0]
+                names = list(class_names) if class_names and len(class_names) == k else [str(c) for c in range(k)]
+                ax.set_xticks(range(k), names if i == len(dyns) - 1 else [], fontsize=6,
+                              rotation=90 if max(map(len, names)) > 2 else 0)
+                ax.set_yticks(range(k), names if j == 0 else [], fontsize=6)
             if j == 0:
                 ax.set_ylabel("true class")
             if i == len(dyns) - 1:
                 ax.set_xlabel("predicted class")
-    path = save_figure(fig, path, dpi=120)
+    for i in range(len(dyns)):
+        axes[i][n].axis("off")
+    if im is not None:
+        cax = axes[len(dyns) // 2][n]
+        cax.axis("on")
+        fig.colorbar(im, cax=cax, label="fraction of the true class")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def deepen(model: nn.Module) -> nn.Module:
@@ -271,26 +289,17 @@ def deepen(model: nn.Module) -> nn.Module:
     return model
 
 
-def deepened(model: nn.Module) -> nn.Module:
-    """A new network with every unit refined in time (:func:`deepen` of a copy): built by
-    :func:`pdenets.create_model` with twice the ``steps`` and half the ``h`` of ``model``'s build record and
-    the refined weights loaded, so that it carries its own build record (and can be trained and saved)."""
-    import copy
-
-    from pdenets.models import create_model
+def deepened(model: nn.Module, factor: float = 2) -> nn.Module:
+    """A new network with every unit refined in time (``factor``× the steps, h/factor, θ(t) linearly
+    interpolated; factor 2 is :func:`deepen` of a copy): :func:`pdenets.analysis.rediscretize.rediscretize`,
+    built by :func:`pdenets.create_model` from ``model``'s build record, so that it carries its own build
+    record and the ``rediscretize`` edit (and can be trained, saved and reloaded)."""
+    from pdenets.analysis.rediscretize import rediscretize
     from pdenets.models.registry import build_record
 
-    rec = build_record(model)
-    if rec is None:
+    if build_record(model) is None:
         raise ValueError("deepened() needs a model built by pdenets.create_model (it carries a build record)")
-    kwargs = dict(rec["create_kwargs"])
-    units = list(model.units())
-    steps = kwargs.get("steps", [u.steps for u in units])
-    kwargs["steps"] = [2 * s for s in steps] if isinstance(steps, (list, tuple)) else 2 * steps
-    kwargs["h"] = units[0].h / 2
-    new = create_model(rec["model"], **kwargs)
-    new.load_state_dict(deepen(copy.deepcopy(model)).state_dict())
-    return new
+    return rediscretize(model, factor=factor)
 
 
 def function_change(a: nn.Module, b: nn.Module, x: torch.Tensor) -> dict[str, float]:

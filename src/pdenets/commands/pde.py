@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "pde",
         help="kernels as differential operators; heat/wave/rotation/dilation equations as ResNets",
         description="The PDE perspective of Liu-Shao-Bai (Table 2, Appendix A) and Ruthotto-Haber made "
-        "executable. `pdenets pde kernels` reads every 3x3 derivative kernel of a model in the basis "
+        "executable. `pdenets pde kernels` reads every 3x3 derivative kernel (QL nets) and every time-stepped "
+        "3x3 kernel (the K of the Ruthotto-Haber units, the Ruseckas conv kernels) of a model in the basis "
         "1, dx, dy, dxx, dyy, dxdy, dxxdy, dxdyy, dxxdyy; `pdenets pde demo` runs a classical PDE as a "
         "ResNet on an image and writes an animated GIF and a PNG strip.",
     )
@@ -35,7 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="derivative kernels of a model as differential operators (table + figure)",
         description="For each depthwise derivative kernel (the shared m x 1 x 3 x 3 of a QL block) print its "
         "coefficients in the operator basis and the share of its energy in orders 0, 1, 2 and >= 3, and "
-        "save a figure. Mesh size h = 1 pixel unless --h is given. Basis 'fd': identity = [0 1 0] (the "
+        "save a figure; for the ODE/PDE networks (rh_*, ruseckas_conv_mnist) the same per unit and time step "
+        "over all stencils of K (theta1/theta2 of a Hamiltonian unit separately) or of each layer's kernel. "
+        "Mesh size h = 1 pixel unless --h is given. Basis 'fd': identity = [0 1 0] (the "
         "Eq. (8) kernel is exactly dxx + dyy, Sobel = 8h(dx + h^2/4 dxdyy)); 'rh': Ruthotto-Haber's "
         "smoothing identity [1 2 1]/4 (Sobel = 8h dx exactly).",
     )
@@ -92,29 +95,60 @@ def _load_model(args: argparse.Namespace):
 
 def run_kernels(args: argparse.Namespace) -> int:
     from pdenets.errors import UsageError
-    from pdenets.pde.operators import OPERATORS_ASCII, format_report, kernel_report, plot_report
+    from pdenets.pde.operators import format_report, kernel_report
+    from pdenets.pde.time_kernels import format_time_report, time_kernel_report
 
     if args.out is not None:
         check_out(args.out)
     model, label = _load_model(args)
     rows = kernel_report(model, args.h, args.basis)
-    if not rows:
-        raise UsageError(f"{label} has no 3x3 derivative convs (DerivativeConv) to analyse")
-    print(f"derivative kernels of {label}: {len(rows)} kernels, basis {args.basis!r}, h = {args.h:g}")
-    print(format_report(rows, args.max_rows))
+    step_rows = time_kernel_report(model, args.h, args.basis)
+    if not rows and not step_rows:
+        raise UsageError(f"{label} has no 3x3 derivative convs (DerivativeConv) and no time-stepped 3x3 kernels "
+                         f"(Ruthotto-Haber K, Ruseckas conv) to analyse")
+    if rows:
+        print(f"derivative kernels of {label}: {len(rows)} kernels, basis {args.basis!r}, h = {args.h:g}")
+        print(format_report(rows, args.max_rows))
+    if step_rows:
+        n = sum(r.count for r in step_rows)
+        print(f"time-stepped kernels of {label}: {n} stencils in {len(step_rows)} (module, step) groups, basis "
+              f"{args.basis!r}, h = {args.h:g}; per group the RMS coefficient of each operator and the share of "
+              f"the stencils' energy by order")
+        print(format_time_report(step_rows, args.max_rows))
     if args.out:
-        from pathlib import Path
+        _write_kernels(args, label, rows, step_rows)
+    return 0
 
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+
+def _write_kernels(args: argparse.Namespace, label: str, rows: list, step_rows: list) -> None:
+    """kernels.csv/png (derivative kernels) and time_kernels.csv/png (per unit and step) in ``--out``."""
+    from pathlib import Path
+
+    from pdenets.pde.operators import OPERATORS_ASCII, plot_report
+    from pdenets.pde.time_kernels import plot_time_kernels
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{label} — basis {args.basis}, h = {args.h:g}"
+    written = []
+    if rows:
         with open(out / "kernels.csv", "w") as f:
             f.write("module,kernel," + ",".join(OPERATORS_ASCII) + ",order0,order1,order2,order3plus\n")
             for r in rows:
                 vals = [*r.coefficients, *r.shares]
                 f.write(f"{r.module},{r.index}," + ",".join(f"{v:.6g}" for v in vals) + "\n")
-        plot_report(rows, str(out / "kernels.png"), title=f"{label} — basis {args.basis}, h = {args.h:g}")
-        print(f"wrote {out / 'kernels.csv'} and {out / 'kernels.png'}")
-    return 0
+        plot_report(rows, str(out / "kernels.png"), title=title)
+        written += [out / "kernels.csv", out / "kernels.png"]
+    if step_rows:
+        with open(out / "time_kernels.csv", "w") as f:
+            f.write("module,step,stencils," + ",".join(f"rms_{n}" for n in OPERATORS_ASCII)
+                    + ",order0,order1,order2,order3plus\n")
+            for r in step_rows:
+                vals = [*r.coefficients_rms, *r.shares]
+                f.write(f"{r.module},{r.step},{r.count}," + ",".join(f"{v:.6g}" for v in vals) + "\n")
+        plot_time_kernels(step_rows, str(out / "time_kernels.png"), title=f"{title}: share of order vs time step")
+        written += [out / "time_kernels.csv", out / "time_kernels.png"]
+    print("wrote " + ", ".join(map(str, written)))
 
 
 def run_demo(args: argparse.Namespace) -> int:

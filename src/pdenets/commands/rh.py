@@ -50,7 +50,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=positive_float, default=2e-3, help="AdamW learning rate (default 2e-3)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the model, the data subsets and the training")
-    p.add_argument("--threads", type=non_negative_int, default=None, help="torch CPU threads (0: torch's choice)")
+    p.add_argument("--threads", type=non_negative_int, default=1,
+                   help="torch CPU threads (default 1: a run is bit-identical for its --seed on any machine, whose "
+                   "core count would otherwise change the float reductions; 0: torch's choice)")
     p.add_argument("--out", default=None, help="output folder (default runs/rh-<command>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--overwrite", action="store_true", help="replace the training runs of an earlier invocation "

@@ -296,7 +296,7 @@ def interpolation_weights(old_steps: int, new_steps: int) -> list[tuple[int, int
     out = []
     for k in range(new_steps):
         a, rem = divmod(k * old_steps, new_steps)
-        b = min(a + 1, old_steps - 1)
+        b = a if rem == 0 else min(a + 1, old_steps - 1)
         out.append((a, b, rem / new_steps if b != a else 0.0))
     return out
 
@@ -325,7 +325,7 @@ def new_time_grid(steps: list[int], h: float, new_steps: int | list[int] | None 
     * ``factor=f`` — f× the steps and h/f (T = N h kept; every f·N must be a whole number);
     * ``new_steps`` (an int for every unit, or one per unit) — h' = T/N' (T kept), or ``new_h`` if given
       (T' = N'·h');
-    * ``new_h`` alone — the same steps of size h' (T' = N·h').
+    * ``new_h`` alone — the same steps of size h' (T' = N·h'); nothing: the grid unchanged.
     """
     import math
 
@@ -340,10 +340,8 @@ def new_time_grid(steps: list[int], h: float, new_steps: int | list[int] | None 
         return [round(s) for s in scaled], h / factor
     if new_h is not None and not (isinstance(new_h, (int, float)) and math.isfinite(new_h) and new_h > 0):
         raise ValueError(f"h must be a positive number, got {new_h!r}")
-    if new_steps is None:
-        if new_h is None:
-            raise ValueError("give steps, h or factor")
-        return list(steps), float(new_h)
+    if new_steps is None:  # h alone, or nothing (the grid unchanged: e.g. only the scheme changes)
+        return list(steps), float(h if new_h is None else new_h)
     per = [new_steps] * len(steps) if isinstance(new_steps, int) else list(new_steps)
     if len(per) != len(steps) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in per):
         raise ValueError(f"steps must be a positive integer or {len(steps)} of them, got {new_steps!r}")

@@ -92,151 +92,236 @@ def to_direction_major(weight: torch.Tensor, m: int, dim: int) -> torch.Tensor:
     return weight.reshape(shape).transpose(dim, dim + 1).reshape(weight.shape)
 
 
-class _FusedDerivativeBN(torch.autograd.Function):
-    """z = BN(conv(x_d, W, groups)) [⊙ conv1x1(x_c, W_c)] with recomputation; see the module docstring.
+# ---- the core: plain functions of tensors (the custom op's kernels) ---------------------------------------
 
-    Inputs: x_d (already padded when the padding mode is not 'zeros'), the full depthwise weight W
-    ((m·n)×1×k×k, channel order j·m + d, shared kernels already expanded), x_c and W_c (or None), BN γ, β
-    (or None), the statistics to use (mean, invstd: running ones in eval mode, None in training mode),
-    and static arguments. Outputs z — channels_last, its m·n channels **direction-major** (d·n + j) — and,
-    in training mode, the batch mean and biased variance (not differentiable, order j·m + d) so the caller
-    can update the running statistics.
 
-    Direction split: the n → m·n conv with groups n is computed as m true depthwise n → n convs, one per
-    direction d (kernels W[d::m]), each followed by its BatchNorm channels and its product with the
-    direction-d block of C x_c. oneDNN's true depthwise kernels (multiplier 1) are about ten times faster
-    than its multiplier-m kernel, forward and backward, and every elementwise step then works on
-    n-channel tensors with unit stride. The backward pass recomputes each direction's D x_d and C x_c
-    (n channels each) and never forms an m·n-channel tensor other than the incoming gradient.
+def _stat_dtype(x: torch.Tensor, gamma: torch.Tensor | None) -> torch.dtype:
+    """dtype of ATen's batch statistics: γ's (mixed bf16/fp16 input with fp32 γ), else the input's."""
+    return gamma.dtype if gamma is not None else x.dtype
+
+
+def _core_forward(
+    xd: torch.Tensor, wd: torch.Tensor, xc: torch.Tensor | None, wc: torch.Tensor | None,
+    gamma: torch.Tensor | None, beta: torch.Tensor | None, mean: torch.Tensor | None,
+    invstd: torch.Tensor | None, stride: int, padding: int, groups: int, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """z = BN(D x_d) [⊙ C x_c] (Eqs. (3), (3p), (5); Eqs. (4), (6), (7) without the product).
+
+    Returns z — channels_last, its m·n channels direction-major (d·n + j) — and, in training mode
+    (``mean is None``), the batch mean and inverse standard deviation (order j·m + d); in eval mode two
+    empty tensors (``mean``, ``invstd`` are then the running statistics, folded into the depthwise conv).
     """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,
-        xd: torch.Tensor,
-        wd: torch.Tensor,
-        xc: torch.Tensor | None,
-        wc: torch.Tensor | None,
-        gamma: torch.Tensor | None,
-        beta: torch.Tensor | None,
-        mean: torch.Tensor | None,
-        invstd: torch.Tensor | None,
-        stride: int,
-        padding: int,
-        groups: int,
-        eps: float,
-    ):
-        train = mean is None
-        m = wd.shape[0] // groups
-        ctx.save_for_backward(xd, wd, xc, wc, gamma, beta)
-        xd_, xs = _channels_last(xd, xc, stride)
-        z = None
-        if xs is not None:  # C x_c for all directions in one GEMM, direction-major
-            z = _image(_flat(xs) @ to_direction_major(wc.flatten(1), m, 0).t(), xs)
-        means, invstds = [], []
-        for d in range(m):
-            w_d, g_d, b_d = wd[d::m], _every(gamma, d, m), _every(beta, d, m)
-            if train:
-                y = F.conv2d(xd_, w_d, None, stride, padding, 1, groups)
-                y, mu, istd = torch.native_batch_norm(y, g_d, b_d, None, None, True, 0.0, eps)
-                means.append(mu)
-                invstds.append(istd)
-            else:
-                # Eval-mode BN folded into the depthwise conv: a·(W * x) + b = (a·W) * x + b.
-                a, b = _affine(g_d, b_d, _every(mean, d, m), _every(invstd, d, m))
-                y = F.conv2d(xd_, w_d * a.to(wd.dtype).view(-1, 1, 1, 1), b.to(wd.dtype), stride, padding, 1, groups)
-            if m == 1:
-                z = y if z is None else z.mul_(y)
-                continue
-            if xs is not None:
-                _direction(z, m, d).mul_(_nhwc(y))
-                continue
+    train = mean is None
+    m = wd.shape[0] // groups
+    xd_, xs = _channels_last(xd, xc, stride)
+    z = None
+    if xs is not None:  # C x_c for all directions in one GEMM, direction-major
+        z = _image(_flat(xs) @ to_direction_major(wc.flatten(1), m, 0).t(), xs)
+    means, invstds = [], []
+    for d in range(m):
+        w_d, g_d, b_d = wd[d::m], _every(gamma, d, m), _every(beta, d, m)
+        if train:
+            y = F.conv2d(xd_, w_d, None, stride, padding, 1, groups)
+            y, mu, istd = torch.native_batch_norm(y, g_d, b_d, None, None, True, 0.0, eps)
+            means.append(mu)
+            invstds.append(istd)
+        else:
+            # Eval-mode BN folded into the depthwise conv: a·(W * x) + b = (a·W) * x + b.
+            a, b = _affine(g_d, b_d, _every(mean, d, m), _every(invstd, d, m))
+            y = F.conv2d(xd_, w_d * a.to(wd.dtype).view(-1, 1, 1, 1), b.to(wd.dtype), stride, padding, 1, groups)
+        if m == 1:
+            z = y if z is None else z.mul_(y)
+        elif xs is not None:
+            _direction(z, m, d).mul_(_nhwc(y))
+        else:
             if z is None:
                 z = y.new_empty((y.shape[0], y.shape[1] * m, *y.shape[2:])).contiguous(memory_format=_CL)
             _direction(z, m, d).copy_(_nhwc(y))
-        if train:
-            mean = torch.stack(means, 1).flatten()
-            invstd = torch.stack(invstds, 1).flatten()
-        ctx.stats = (mean, invstd)
-        ctx.conf = (stride, padding, groups, eps, train)
-        if train:
-            var = invstd.pow(-2) - eps
-            ctx.mark_non_differentiable(mean, var)
-            return z, mean, var
-        return z, None, None
+    z = z.contiguous(memory_format=_CL)
+    if train:
+        return z, torch.stack(means, 1).flatten(), torch.stack(invstds, 1).flatten()
+    empty = z.new_empty(0, dtype=_stat_dtype(xd, gamma))
+    return z, empty, empty.clone()
 
-    @staticmethod
-    def backward(ctx, gz: torch.Tensor, _gmean=None, _gvar=None):  # type: ignore[override]
-        xd, wd, xc, wc, gamma, beta = ctx.saved_tensors
-        mean, invstd = ctx.stats
-        stride, padding, groups, eps, train = ctx.conf
-        need = ctx.needs_input_grad
-        m = wd.shape[0] // groups
-        xd_, xs = _channels_last(xd, xc, stride)
-        gz = gz.to(xd.dtype).contiguous(memory_format=_CL)
-        gxd = gxs = None
-        gwd = torch.empty_like(wd) if need[1] else None
-        gwc = torch.empty_like(wc) if need[3] else None
-        ggamma = torch.empty_like(mean) if need[4] else None
-        gbeta = torch.empty_like(mean) if need[5] else None
-        if xs is not None:
-            xs_flat = _flat(xs)
-            wc2 = wc.flatten(1)
-        for d in range(m):
-            w_d, g_d, b_d = wd[d::m], _every(gamma, d, m), _every(beta, d, m)
-            mu, istd = _every(mean, d, m), _every(invstd, d, m)
-            gz_d = (_direction(gz, m, d) if m > 1 else _nhwc(gz)).flatten(0, 2)  # (B·H·W, n), row-strided
-            dd = F.conv2d(xd_, w_d, None, stride, padding, 1, groups)  # D x_d of direction d, recomputed
-            if xs is not None:
-                wc_d = wc2[d::m]
-                c_d = xs_flat @ wc_d.t()  # C x_c of direction d, recomputed: (B·H·W, n)
-                if need[2] or need[3]:
-                    a, b = _affine(g_d, b_d, mu, istd)
-                    # ∂z/∂(C x_c) = BN(D x_d) = a·Dx + b
-                    gc = torch.addcmul(b.to(dd.dtype).view(1, -1, 1, 1), dd, a.to(dd.dtype).view(1, -1, 1, 1))
-                    gc = _flat(gc.contiguous(memory_format=_CL)).mul_(gz_d)
-                    if need[2]:
-                        gxs = gc @ wc_d if gxs is None else gxs.addmm_(gc, wc_d)
-                    if need[3]:
-                        gwc[d::m] = (gc.t() @ xs_flat).view_as(gwc[d::m])
-                    del gc
-                gy = _image(c_d.mul_(gz_d), dd)
-            else:
-                gy = _image(gz_d.clone(), dd)
-            w = g_d if g_d is not None else torch.ones_like(mu)
-            if train:
-                gdd, gg, gb = torch.ops.aten.native_batch_norm_backward(
-                    gy, dd, w, None, None, mu, istd, True, eps, [True, need[4], need[5]]
-                )
-            else:
-                a = (w * istd).to(gy.dtype)
-                gdd = gy * a.view(1, -1, 1, 1)
-                red = [0, 2, 3]
-                gb = gy.sum(red, dtype=mu.dtype) if (need[4] or need[5]) else None
-                gg = ((gy * dd).sum(red, dtype=mu.dtype) - mu * gb) * istd if need[4] else None
-            del gy, dd
-            gx_d, gw_d, _ = _conv_backward(
-                gdd, xd_, w_d, None, [stride, stride], [padding, padding], [1, 1], False, [0, 0], groups,
-                [need[0], need[1], False],
-            )
-            if need[0]:
-                gxd = gx_d if gxd is None else gxd.add_(gx_d)
-            if need[1]:
-                gwd[d::m] = gw_d
-            if need[4]:
-                ggamma[d::m] = gg
-            if need[5]:
-                gbeta[d::m] = gb
-        gxc = None
-        if gxs is not None:
-            gxc = _image(gxs, xs)
-            if stride > 1:
-                full = gxc.new_zeros(xc.shape).contiguous(memory_format=_CL)
-                full[:, :, ::stride, ::stride] = gxc
-                gxc = full
-        ggamma = None if gamma is None or ggamma is None else ggamma.to(gamma.dtype)
-        gbeta = None if beta is None or gbeta is None else gbeta.to(beta.dtype)
-        return gxd, gwd, gxc, gwc, ggamma, gbeta, None, None, None, None, None, None
+
+def _core_backward(
+    gz: torch.Tensor, xd: torch.Tensor, wd: torch.Tensor, xc: torch.Tensor | None, wc: torch.Tensor | None,
+    gamma: torch.Tensor | None, beta: torch.Tensor | None, mean: torch.Tensor, invstd: torch.Tensor,
+    stride: int, padding: int, groups: int, eps: float, train: bool, need: list[bool],
+) -> tuple[torch.Tensor, ...]:
+    """Gradients (x_d, W, x_c, W_c, γ, β) of :func:`_core_forward` (empty tensors where ``need`` is False).
+
+    ``mean``/``invstd`` are the statistics the forward pass used (batch or running ones). D x_d and C x_c are
+    recomputed (C x_c in one GEMM for all directions, like its gradients): only the n-channel inputs were kept.
+    """
+    m = wd.shape[0] // groups
+    xd_, xs = _channels_last(xd, xc, stride)
+    gz = gz.to(xd.dtype).contiguous(memory_format=_CL)
+    gxd, gwd = None, (torch.empty_like(wd) if need[1] else None)
+    ggamma = torch.empty_like(mean) if need[4] else None
+    gbeta = torch.empty_like(mean) if need[5] else None
+    c = gc = None
+    if xs is not None:
+        wc_dm = to_direction_major(wc.flatten(1), m, 0)
+        c = _image(_flat(xs) @ wc_dm.t(), xs)  # C x_c recomputed, direction-major
+        gc = torch.empty_like(c) if (need[2] or need[3]) else None
+    for d in range(m):
+        gz_d = _direction(gz, m, d) if m > 1 else _nhwc(gz)
+        dd = F.conv2d(xd_, wd[d::m], None, stride, padding, 1, groups)  # D x_d of direction d, recomputed
+        gg, gb, gx_d, gw_d = _direction_backward(
+            gz_d, dd, xd_, wd[d::m], None if c is None else _direction(c, m, d) if m > 1 else _nhwc(c),
+            None if gc is None else _direction(gc, m, d) if m > 1 else _nhwc(gc),
+            _every(gamma, d, m), _every(beta, d, m), _every(mean, d, m), _every(invstd, d, m),
+            (stride, padding, groups, eps, train), need,
+        )
+        if need[0]:
+            gxd = gx_d if gxd is None else gxd.add_(gx_d)
+        if need[1]:
+            gwd[d::m] = gw_d
+        if need[4]:
+            ggamma[d::m] = gg
+        if need[5]:
+            gbeta[d::m] = gb
+    gxc, gwc = _coefficient_grads(gc, xs, xc, wc, wc_dm if xs is not None else None, m, stride, need)
+    empty = gz.new_empty(0)
+    ggamma = empty if ggamma is None else ggamma.to(gamma.dtype)
+    gbeta = empty if gbeta is None else gbeta.to(beta.dtype)
+    gxd = empty if gxd is None else gxd.contiguous(memory_format=_CL)
+    return gxd, (empty if gwd is None else gwd), gxc, gwc, ggamma, gbeta
+
+
+def _direction_backward(
+    gz_d: torch.Tensor, dd: torch.Tensor, xd_: torch.Tensor, w_d: torch.Tensor, c_d: torch.Tensor | None,
+    gc_d: torch.Tensor | None, g_d: torch.Tensor | None, b_d: torch.Tensor | None, mu: torch.Tensor,
+    istd: torch.Tensor, conf: tuple, need: list[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """One direction d of the backward pass: ∂/∂(C x_c) into ``gc_d``, then BatchNorm and the depthwise conv.
+
+    ``gz_d``, ``c_d``, ``gc_d`` are (B, H, W, n) views; returns the gradients of γ_d, β_d, x_d, W_d."""
+    stride, padding, groups, eps, train = conf
+    if c_d is not None:
+        if gc_d is not None:  # ∂z/∂(C x_c) = BN(D x_d) = a·Dx + b
+            a, b = _affine(g_d, b_d, mu, istd)
+            torch.addcmul(b.to(dd.dtype), _nhwc(dd), a.to(dd.dtype), out=gc_d).mul_(gz_d)
+        gy = (c_d * gz_d).permute(0, 3, 1, 2)
+    else:
+        gy = gz_d.permute(0, 3, 1, 2).contiguous(memory_format=_CL)
+    w = g_d if g_d is not None else torch.ones_like(mu)
+    if train:
+        gdd, gg, gb = torch.ops.aten.native_batch_norm_backward(
+            gy, dd, w, None, None, mu, istd, True, eps, [True, need[4], need[5]]
+        )
+    else:
+        gdd = gy * (w * istd).to(gy.dtype).view(1, -1, 1, 1)
+        red = [0, 2, 3]
+        gb = gy.sum(red, dtype=mu.dtype) if (need[4] or need[5]) else None
+        gg = ((gy * dd).sum(red, dtype=mu.dtype) - mu * gb) * istd if need[4] else None
+    del gy
+    gx_d, gw_d, _ = _conv_backward(
+        gdd, xd_, w_d, None, [stride, stride], [padding, padding], [1, 1], False, [0, 0], groups,
+        [need[0], need[1], False],
+    )
+    return gg, gb, gx_d, gw_d
+
+
+def _coefficient_grads(
+    gc: torch.Tensor | None, xs: torch.Tensor | None, xc: torch.Tensor | None, wc: torch.Tensor | None,
+    wc_dm: torch.Tensor | None, m: int, stride: int, need: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of x_c and W_c from ∂/∂(C x_c) (direction-major): one GEMM each."""
+    empty = wc.new_empty(0) if wc is not None else torch.empty(0)
+    if gc is None:
+        return empty, empty.clone()
+    gflat, xs_flat = _flat(gc), _flat(xs)
+    gwc = empty
+    if need[3]:
+        gwc = to_direction_major((gflat.t() @ xs_flat), gflat.shape[1] // m, 0).view_as(wc).contiguous()
+    gxc = empty.clone()
+    if need[2]:
+        gxc = _image(gflat @ wc_dm, xs)
+        if stride > 1:
+            full = gxc.new_zeros(xc.shape).contiguous(memory_format=_CL)
+            full[:, :, ::stride, ::stride] = gxc
+            gxc = full
+        gxc = gxc.contiguous(memory_format=_CL)
+    return gxc, gwc
+
+
+# ---- the custom op (docs/design.md §17): opaque to torch.compile, with a fake kernel and autograd ---------
+
+_SCHEMA = ("(Tensor xd, Tensor wd, Tensor? xc, Tensor? wc, Tensor? gamma, Tensor? beta, Tensor? mean, "
+           "Tensor? invstd, int stride, int padding, int groups, float eps) -> (Tensor, Tensor, Tensor)")
+_BACKWARD_SCHEMA = ("(Tensor gz, Tensor xd, Tensor wd, Tensor? xc, Tensor? wc, Tensor? gamma, Tensor? beta, "
+                    "Tensor mean, Tensor invstd, int stride, int padding, int groups, float eps, bool train, "
+                    "bool[] need) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+
+@torch.library.custom_op("pdenets::derivative_bn", mutates_args=(), schema=_SCHEMA)
+def derivative_bn(xd, wd, xc, wc, gamma, beta, mean, invstd, stride, padding, groups, eps):  # noqa: ANN001
+    """``torch.ops.pdenets.derivative_bn``: :func:`_core_forward` as a custom op (eager and compiled)."""
+    return _core_forward(xd, wd, xc, wc, gamma, beta, mean, invstd, stride, padding, groups, eps)
+
+
+@torch.library.custom_op("pdenets::derivative_bn_backward", mutates_args=(), schema=_BACKWARD_SCHEMA)
+def derivative_bn_backward(gz, xd, wd, xc, wc, gamma, beta, mean, invstd, stride, padding, groups, eps, train,
+                           need):  # noqa: ANN001
+    """``torch.ops.pdenets.derivative_bn_backward``: :func:`_core_backward` as a custom op."""
+    return _core_backward(gz, xd, wd, xc, wc, gamma, beta, mean, invstd, stride, padding, groups, eps, train,
+                          list(need))
+
+
+def _out_hw(xd: torch.Tensor, wd: torch.Tensor, stride: int, padding: int) -> tuple[int, int]:
+    k = wd.shape[-1]
+    return ((xd.shape[2] + 2 * padding - k) // stride + 1, (xd.shape[3] + 2 * padding - k) // stride + 1)
+
+
+def _empty_cl(shape: tuple, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=_CL)
+
+
+@derivative_bn.register_fake
+def _derivative_bn_fake(xd, wd, xc, wc, gamma, beta, mean, invstd, stride, padding, groups, eps):  # noqa: ANN001
+    """Shapes, dtypes and strides of :func:`_core_forward`'s outputs (what inductor plans with)."""
+    z = _empty_cl((xd.shape[0], wd.shape[0], *_out_hw(xd, wd, stride, padding)), xd)
+    size = wd.shape[0] if mean is None else 0
+    dt = _stat_dtype(xd, gamma)
+    return z, xd.new_empty(size, dtype=dt), xd.new_empty(size, dtype=dt)
+
+
+@derivative_bn_backward.register_fake
+def _derivative_bn_backward_fake(gz, xd, wd, xc, wc, gamma, beta, mean, invstd, stride, padding, groups, eps,
+                                 train, need):  # noqa: ANN001
+    """Shapes, dtypes and strides of :func:`_core_backward`'s outputs."""
+    empty = gz.new_empty(0, dtype=xd.dtype)
+    gxd = _empty_cl(tuple(xd.shape), xd) if need[0] else empty
+    gwd = torch.empty_like(wd) if need[1] else empty.clone()
+    has_c = xc is not None
+    gxc = _empty_cl(tuple(xc.shape), xd) if has_c and need[2] else wd.new_empty(0) if has_c else torch.empty(0)
+    gwc = wc.new_empty(wc.shape).contiguous() if has_c and need[3] else wc.new_empty(0) if has_c else torch.empty(0)
+    ggamma = gamma.new_empty(gamma.shape) if need[4] else empty.clone()
+    gbeta = beta.new_empty(beta.shape) if need[5] else empty.clone()
+    return gxd, gwd, gxc, gwc, ggamma, gbeta
+
+
+def _setup_context(ctx, inputs: tuple, output: tuple) -> None:  # noqa: ANN001
+    xd, wd, xc, wc, gamma, beta, mean, invstd, stride, padding, groups, eps = inputs
+    train = mean is None
+    _, batch_mean, batch_invstd = output
+    if train:
+        mean, invstd = batch_mean, batch_invstd
+    ctx.save_for_backward(xd, wd, xc, wc, gamma, beta, mean, invstd)
+    ctx.conf = (stride, padding, groups, eps, train)
+    ctx.mark_non_differentiable(batch_mean, batch_invstd)
+
+
+def _backward(ctx, gz: torch.Tensor, _gmean: torch.Tensor | None, _ginvstd: torch.Tensor | None) -> tuple:  # noqa: ANN001
+    xd, wd, xc, wc, gamma, beta, mean, invstd = ctx.saved_tensors
+    need = [bool(n) for n in ctx.needs_input_grad[:6]]
+    grads = torch.ops.pdenets.derivative_bn_backward(gz, xd, wd, xc, wc, gamma, beta, mean, invstd, *ctx.conf, need)
+    return (*(g if n else None for g, n in zip(grads, need)), None, None, None, None, None, None)
+
+
+derivative_bn.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _every(t: torch.Tensor | None, d: int, m: int) -> torch.Tensor | None:
@@ -314,14 +399,15 @@ def fused_derivative_bn(
             xc, wc = xc.to(dtype), wc.to(dtype)
     with torch.autocast(xd.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
         if use_batch_stats:
-            z, mean, var = _FusedDerivativeBN.apply(
+            z, mean, invstd = torch.ops.pdenets.derivative_bn(
                 xd, wd, xc, wc, gamma, beta, None, None, conv_d.stride, pad, groups, bn.eps
             )
             if bn.training and bn.track_running_stats and bn.running_mean is not None:
-                _update_running_stats(bn, mean, var, z.numel() // z.shape[1])
+                var = invstd.detach().pow(-2) - bn.eps
+                _update_running_stats(bn, mean.detach(), var, z.numel() // z.shape[1])
         else:
             invstd = torch.rsqrt(bn.running_var + bn.eps)
-            z, _, _ = _FusedDerivativeBN.apply(
+            z, _, _ = torch.ops.pdenets.derivative_bn(
                 xd, wd, xc, wc, gamma, beta, bn.running_mean, invstd, conv_d.stride, pad, groups, bn.eps
             )
     return z if direction_major else _reorder(z, wd.shape[0] // groups, False)

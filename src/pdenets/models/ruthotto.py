@@ -14,7 +14,10 @@ Registered names (``timm.create_model(name)`` after ``import pdenets``)::
 Keyword arguments: ``steps`` (time steps per unit, int or one per stage), ``h`` (time step), ``depth``
 (units per stage, default 1), ``width`` (multiplier on every width), ``widths`` (explicit tuple),
 ``reversible=True`` (memory-flat training of the hyperbolic units), ``norm`` ('instance' | 'batch' |
-'none'), ``act`` (monotone σ), ``padding_mode``. The Hamiltonian units split each stage's channels in
+'none'), ``act`` (monotone σ), ``padding_mode`` (the boundary condition of every conv that pads: the stem and
+the units' K, Kᵀ; the connectors are 1×1), ``scheme`` (the time stepping, default the paper's; see
+:mod:`pdenets.dynamics.schemes`). :meth:`RHNet.rediscretized` evaluates a trained network with other step
+counts, step sizes or schemes (docs/design.md §14). The Hamiltonian units split each stage's channels in
 halves (Y = first half, Z = second half; see :mod:`pdenets.dynamics.integrators`), so a Hamiltonian
 network has half the conv weights of the parabolic one in its units.
 
@@ -35,12 +38,13 @@ from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
-from pdenets.dynamics.integrators import UNITS, PDEUnit, create_unit
+from pdenets.dynamics.integrators import UNITS, PDEUnit, create_unit, transfer_in_time
+from pdenets.dynamics.schemes import ALIASES, SCHEMES, new_time_grid
 from pdenets.layers.derivative import check_padding_mode
 from pdenets.layers.symmetric import SymmetricLayer
 from pdenets.layers.tracing import is_symbolic_tracing
 from pdenets.models.common import TimmClassifierMixin
-from pdenets.models.registry import register_image_model
+from pdenets.models.registry import build_record, create_model, register_image_model
 
 STL10_WIDTHS = (16, 64, 128, 256)
 SMALL_WIDTHS = (16, 32, 64)
@@ -87,7 +91,10 @@ class RHNet(TimmClassifierMixin, nn.Module):
         depth: units per stage (default 1, as the paper).   width: multiplier applied to ``widths``.
         num_classes: classifier outputs (0: no classifier).   in_chans: input image channels.
         reversible: memory-flat backprop through the hyperbolic units.
-        norm / act / padding_mode / bias: options of :class:`~pdenets.layers.symmetric.SymmetricLayer`.
+        norm / act / padding_mode / bias: options of :class:`~pdenets.layers.symmetric.SymmetricLayer`;
+            ``padding_mode`` is also the stem conv's.
+        scheme: time-stepping scheme of the units (None: the paper's for the dynamics; see
+            :mod:`pdenets.dynamics.schemes`).
         drop_rate: dropout before the classifier.   global_pool: timm pooling type.
     """
 
@@ -111,6 +118,7 @@ class RHNet(TimmClassifierMixin, nn.Module):
         bias: bool = True,
         drop_rate: float = 0.0,
         global_pool: str = "avg",
+        scheme: str | None = None,
     ) -> None:
         super().__init__()
         if dynamics not in UNITS:
@@ -131,7 +139,8 @@ class RHNet(TimmClassifierMixin, nn.Module):
         self.grad_checkpointing = False
 
         self.stem = nn.Sequential()
-        self.stem.add_module("conv", nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False))
+        self.stem.add_module("conv", nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False,
+                                               padding_mode=padding_mode))
         self.stem.add_module("bn", nn.BatchNorm2d(widths[0]))
         self.stem.add_module("act", nn.ReLU(inplace=True))
 
@@ -141,7 +150,7 @@ class RHNet(TimmClassifierMixin, nn.Module):
             stage = nn.Sequential()
             for d in range(depth):
                 stage.add_module(f"unit{d}", create_unit(
-                    dynamics, w, steps=n, h=h, reversible=reversible, norm=norm, act=act,
+                    dynamics, w, steps=n, h=h, reversible=reversible, scheme=scheme, norm=norm, act=act,
                     padding_mode=padding_mode, bias=bias))
             # the feature of stage i is its last unit's output, before the connector to the next width
             self.feature_info.append(dict(num_chs=w, reduction=reduction, module=f"stages.{i}.unit{depth - 1}"))
@@ -157,6 +166,40 @@ class RHNet(TimmClassifierMixin, nn.Module):
     # ---- structure -------------------------------------------------------------------------------
     def units(self) -> list[PDEUnit]:
         return [m for m in self.modules() if isinstance(m, PDEUnit)]
+
+    @torch.no_grad()
+    def rediscretized(self, steps: int | Sequence[int] | None = None, h: float | None = None,
+                      factor: float | None = None, scheme: str | None = None) -> RHNet:
+        """The same network on another time grid (docs/design.md §14): a new RHNet, built by
+        :func:`pdenets.create_model` from this one's build record with the new ``steps`` (int, or one per stage)
+        and ``h`` (:func:`~pdenets.dynamics.schemes.new_time_grid`: ``factor`` f gives f× the steps and h/f,
+        ``steps`` alone keeps every unit's T = N h) and ``scheme`` (default: this one's), whose θ(t) is this
+        one's resampled in time (:func:`~pdenets.dynamics.integrators.transfer_in_time`; any factor, not only
+        2×). Everything outside the units is copied. A reversible network keeps ``reversible`` only if the new
+        scheme is reversible (it changes memory, not the function)."""
+        rec = build_record(self)
+        if rec is None:
+            raise ValueError("RHNet.rediscretized needs a model built by pdenets.create_model (a build record)")
+        new_steps, new_h = new_time_grid(list(self.steps), self.h, steps, h, factor)
+        kwargs = dict(rec["create_kwargs"], steps=new_steps[0] if len(set(new_steps)) == 1 else new_steps, h=new_h)
+        if scheme is not None:
+            kwargs["scheme"] = scheme
+            cls = SCHEMES.get(ALIASES.get(scheme, scheme))
+            if kwargs.get("reversible") and cls is not None and not cls.reversible:
+                kwargs["reversible"] = False
+        new = create_model(rec["model"], **kwargs)
+        p = next(self.parameters())
+        new = new.to(p.device, p.dtype)
+        units = {n: m for n, m in self.named_modules() if isinstance(m, PDEUnit)}
+        new_units = dict(new.named_modules())
+        rest = {k: v for k, v in self.state_dict().items() if not any(k.startswith(n + ".") for n in units)}
+        missing, unexpected = new.load_state_dict(rest, strict=False)
+        if unexpected or any(not any(k.startswith(n + ".") for n in units) for k in missing):
+            raise ValueError(f"cannot re-discretise: the rebuilt network differs outside its units ({missing[:3]}, "
+                             f"{unexpected[:3]})")
+        for name, unit in units.items():
+            transfer_in_time(unit, new_units[name])
+        return new.train(self.training)
 
     def set_reversible(self, enable: bool = True) -> None:
         for u in self.units():

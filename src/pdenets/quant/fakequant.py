@@ -305,6 +305,7 @@ def instrument(model: nn.Module, weight_bits: int = 8, act_bits: int | None = 8)
     model ``torch.fx`` cannot trace.
     """
     weight_grid(weight_bits)
+    _qd()  # registered before any ONNX export builds its op registry
     if act_bits not in (8, None):
         raise ValueError(f"activation bits must be 8 or None, got {act_bits}")
     model = copy.deepcopy(model).eval()

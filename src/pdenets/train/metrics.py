@@ -24,6 +24,8 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
 class MetricsLogger:
     """Appends epoch rows to ``metrics.csv`` and every record (rows and events) to ``metrics.jsonl``.
 
+    ``metrics.csv`` has the columns :data:`CSV_FIELDS` and then any other numeric key of the rows, in the
+    order they first appear (the trainer's ``train_data_loss`` and ``reg_<hook>`` loss terms).
     ``enabled=False`` (non-zero ranks) makes every call a no-op. Resuming appends to the same files.
     """
 
@@ -57,8 +59,11 @@ class MetricsLogger:
         """Rewrite metrics.csv atomically (a kill or a full disk leaves the previous file, never half a row)."""
         from pdenets.artifacts import atomic_write_bytes
 
+        extra = [k for r in rows for k, v in r.items()
+                 if isinstance(k, str) and k not in self.CSV_FIELDS and isinstance(v, (int, float, str))]
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=[*self.CSV_FIELDS, *dict.fromkeys(extra)], extrasaction="ignore",
+                           lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
         atomic_write_bytes(self.dir / "metrics.csv", buf.getvalue().encode())

@@ -2,8 +2,10 @@
 
 Registered when this module is imported (``import pdenets`` does it):
 
-* ``rh-tv[:α₁]`` — α₁ Σ φ_ε(θ_{j+1} − θ_j) over every ``layer_parameters()`` sequence, Ruthotto–Haber Eq. (11)
-  first term, α₁ = 3e-4 and ε = 1e-3 by default (the paper's values; no −√ε, the constant does not matter);
+* ``rh-tv[:α₁]`` — α₁ h Σ_j [φ_ε((θ_{j+1} − θ_j)/h) − √ε] over every ``layer_parameters()`` sequence, with each
+  unit's time step h: Ruthotto–Haber Eq. (11), first term, α₁∫φ_ε(∂ₜθ)dt by the rectangle rule, zero for
+  θ constant in time (the −√ε per entry leaves the gradient alone; at h = 1 it is the paper's Σ φ_ε(Δθ) − √ε),
+  α₁ = 3e-4 and ε = 1e-3 by default (the paper's values; :func:`~pdenets.regularizers.tv_in_time`);
 * ``box[:value]`` — after each optimizer step, every K (``SymmetricLayer.weight``) projected onto
   |θ| ≤ value (default 1, docs/design.md §5), which keeps the step δ_t = 1 stable;
 * ``layer-smooth[:λ]`` — λ/2 Σ_l (‖Δb̃‖² + ‖ΔW̃‖²), Ruseckas Eq. (82)/(113), λ = 1 by default (circles);
@@ -26,9 +28,9 @@ from pdenets.regularizers import (
     TV_EPS,
     WeightPair,
     consecutive_weight_pairs,
-    layer_sequences,
     model_layer_smoothness,
     smoothness,
+    tv_in_time,
 )
 
 __all__ = ["BOX_VALUE", "TV_ALPHA", "BoxHook", "CrossLayerHook", "LayerSmoothHook", "TVInTimeHook", "box_project"]
@@ -36,13 +38,9 @@ __all__ = ["BOX_VALUE", "TV_ALPHA", "BoxHook", "CrossLayerHook", "LayerSmoothHoo
 TV_ALPHA, BOX_VALUE = 3e-4, 1.0
 
 
-def _zero_like_model(model: nn.Module) -> torch.Tensor:
-    p = next(model.parameters(), None)
-    return torch.zeros((), device=p.device if p is not None else None)
-
-
 class TVInTimeHook(TrainHook):
-    """Adds α₁ Σ_seq Σ_j Σ_entries φ_ε(θ_{j+1} − θ_j) (Ruthotto–Haber Eq. (11)) to the training loss."""
+    """Adds α₁ Σ_seq h Σ_j Σ_entries [φ_ε((θ_{j+1} − θ_j)/h) − √ε] (Ruthotto–Haber Eq. (11), the TV of θ(t) in
+    time; h each unit's time step) to the training loss (:func:`~pdenets.regularizers.tv_in_time`)."""
 
     def __init__(self, alpha: float = TV_ALPHA, eps: float = TV_EPS) -> None:
         if alpha < 0 or eps <= 0:
@@ -52,8 +50,7 @@ class TVInTimeHook(TrainHook):
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         if not self.alpha:
             return None
-        seqs = layer_sequences(model)
-        return self.alpha * smoothness(seqs, "tv", self.eps) if seqs else _zero_like_model(model)
+        return self.alpha * tv_in_time(model, self.eps)
 
 
 @torch.no_grad()

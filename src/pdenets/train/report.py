@@ -11,19 +11,43 @@ import numpy as np
 from pdenets.utils.plotting import save_figure, subplots
 
 
+def loss_terms(rows: list[dict[str, Any]]) -> list[str]:
+    """The loss-term keys of the metrics rows: ``train_data_loss`` and the ``reg_<hook>`` penalties."""
+    keys = [k for r in rows for k in r if k == "train_data_loss" or k.startswith("reg_")]
+    return list(dict.fromkeys(keys))
+
+
+def _plot_terms(ax, rows: list[dict[str, Any]], ep: list[int], terms: list[str]) -> None:
+    """The training loss split into the data loss and each regulariser (docs/design.md §14)."""
+    ax.plot(ep, [r["train_loss"] for r in rows], "k-", lw=2, alpha=0.4, label="total (train_loss)")
+    for k in terms:
+        ax.plot(ep, [r.get(k, float("nan")) for r in rows], "o-", ms=3,
+                label="data (cross-entropy)" if k == "train_data_loss" else k.removeprefix("reg_"))
+    vals = [r.get(k) for r in rows for k in terms]
+    if all(isinstance(v, (int, float)) and v > 0 for v in vals):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch"), ax.set_ylabel("training loss term"), ax.legend(fontsize=8), ax.grid(alpha=.3)
+    ax.set_title("training loss by term")
+
+
 def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path | None:
-    """Loss and accuracy against epoch (train and validation) from the metrics rows."""
+    """Loss and accuracy against epoch (train and validation) from the metrics rows; with loss terms
+    (``train_data_loss``, ``reg_<hook>``) a third panel splits the training loss into them."""
     if not rows:
         return None
     ep = [r["epoch"] for r in rows]
-    fig, (a1, a2) = subplots(1, 2, figsize=(10, 4))
-    a1.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
+    terms = loss_terms(rows)
+    fig, axes = subplots(1, 3 if terms else 2, figsize=(15 if terms else 10, 4))
+    a1, a2 = axes[0], axes[1]
+    a1.plot(ep, [r.get("train_data_loss", r["train_loss"]) for r in rows], "o-", label="train")  # no penalties
     a1.plot(ep, [r["val_loss"] for r in rows], "s-", label="validation")
     a1.set_xlabel("epoch"), a1.set_ylabel("cross-entropy loss"), a1.set_yscale("log"), a1.legend(), a1.grid(alpha=.3)
     a2.plot(ep, [r["train_top1"] for r in rows], "o-", label="train top-1")
     a2.plot(ep, [r["val_top1"] for r in rows], "s-", label="validation top-1")
     a2.plot(ep, [r["val_top5"] for r in rows], "^--", label="validation top-5", alpha=.6)
     a2.set_xlabel("epoch"), a2.set_ylabel("accuracy (%)"), a2.legend(), a2.grid(alpha=.3)
+    if terms:
+        _plot_terms(axes[2], rows, ep, terms)
     fig.suptitle(title)
     path = save_figure(fig, path, dpi=110)
     return Path(path)

@@ -42,6 +42,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from pdenets.errors import RunFailed, UsageError
+from pdenets.hooks import TrainHook
 from pdenets.train import checkpoint as ckpt
 from pdenets.train.build import (
     build_model,
@@ -459,7 +460,7 @@ class Trainer:
         self.loaders.train_sampler.set_epoch(epoch)
         self._idx_batches = batch_indices(self.loaders.train) if self.guard is not None else None
         set_train_mode(self.train_net, cfg.freeze_bn)
-        self._sums = [0.0, 0, 0]  # loss sum, correct, seen
+        self._sums = [0.0, 0, 0, 0.0] + [0.0] * len(self.hooks)  # loss, correct, seen, data loss, each penalty
         self._t_epoch = time.time()
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr,
                    disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True)
@@ -478,7 +479,7 @@ class Trainer:
         return False
 
     def _progress(self, bar: tqdm) -> None:
-        loss_sum, correct, seen = self._sums
+        loss_sum, correct, seen = self._sums[:3]
         elapsed = max(time.time() - self._t_epoch, 1e-9)
         bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{100 * correct / max(seen, 1):.1f}",
                         lr=f"{self.lrc.lr:.2e}", img_s=f"{seen * self.dist.world_size / elapsed:.0f}")
@@ -490,9 +491,9 @@ class Trainer:
         x, y = to_device(x, y, self.dist.device, self.cfg.channels_last)
         with autocast_ctx(self.dist.device, self.cfg.amp):
             out = self.train_net(x)
-            loss = self.loss_fn(out, y)
-            for h in self.hooks:
-                pen = h.penalty(self.net)
+            loss = data_loss = self.loss_fn(out, y)
+            pens = [h.penalty(self.net) for h in self.hooks]
+            for pen in pens:
                 if pen is not None:
                     loss = loss + pen
         self.attempts += 1
@@ -512,6 +513,10 @@ class Trainer:
             self._sums[0] += loss.item() * len(y)
             self._sums[1] += int((out.argmax(1) == y).sum())
             self._sums[2] += len(y)
+            self._sums[3] += data_loss.item() * len(y)
+            for i, pen in enumerate(pens):
+                if pen is not None:
+                    self._sums[4 + i] += pen.item() * len(y)
         return "ok"
 
     def _flag(self, bad: bool) -> bool:
@@ -642,6 +647,7 @@ class Trainer:
                    val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"], lr=self.lrc.lr,
                    img_per_s=sums[2].item() / max(ep_seconds, 1e-9), epoch_seconds=ep_seconds,
                    wall_seconds=time.time() - t_start, nan_failures=self.guard.total_failures if self.guard else 0)
+        row.update(self._loss_terms(sums, n_seen))
         self.logger.log_epoch(row)
         self._print_epoch(row)
         self._rng = gather_rng_states(d)  # every rank's streams, so that resume continues each of them
@@ -652,6 +658,19 @@ class Trainer:
             self.guard.snapshot_epoch(self.step, self._epoch_extra())
         barrier(d)
         return "ok"
+
+    def _loss_terms(self, sums: torch.Tensor, n_seen: float) -> dict[str, float]:
+        """The epoch means of the data loss (``train_data_loss``) and of each penalty hook's term (``reg_NAME``;
+        ``train_loss`` is their sum), docs/design.md §14."""
+        terms = dict(train_data_loss=sums[3].item() / n_seen)
+        for i, h in enumerate(self.hooks):
+            if type(h).penalty is TrainHook.penalty:
+                continue  # a hook without a penalty (box, nuclear-prox): no column
+            name, k = f"reg_{h.name or type(h).__name__}", 1
+            while (name if k == 1 else f"{name}_{k}") in terms:
+                k += 1
+            terms[name if k == 1 else f"{name}_{k}"] = sums[4 + i].item() / n_seen
+        return terms
 
     def _failed_validation(self, epoch: int) -> str:
         """A non-finite validation loss: a NaN-guard failure (back to the epoch's start, lr reduced)."""

@@ -1,0 +1,208 @@
+"""Rotation-aided integer quantisation of the QL-ConvNets: rotate the O(n) segments (:mod:`.rotations`), quantise
+(:mod:`pdenets.quant`), write the integer ONNX model, run it in onnxruntime and report (docs/design.md §16).
+
+The rotation is an exact symmetry (Liu-Shao-Bai §4, exact for ``eq3p``: docs/design.md §3), so the float model
+is the same function for every choice; only the quantised model differs. Calibration images come from the
+training split, the figures from the test split, which chooses nothing (the learned rotation is selected on the
+calibration images, the random seeds are all reported).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from pdenets.quant.fakequant import QuantSim, instrument
+from pdenets.quant.gptq import gptq_weights
+from pdenets.quant.onnx_qdq import INTEGER_OPS, export_qdq, integer_ops, ort_latency, ort_run, ort_session
+from pdenets.symmetry.analyze import Analysis, analyze
+from pdenets.symmetry.fold import fold_bn, is_folded
+from pdenets.symmetry.rotations import ROTATIONS, learn_rotation, rotatable, rotation_element
+from pdenets.symmetry.transform import GroupElement, load_params, transformed_params
+
+__all__ = ["FLOAT_CHECK_RTOL", "QuantConfig", "quantize_model", "quantize_report", "rotate"]
+
+FLOAT_CHECK_RTOL = 1e-5  # the rotated float32 model must agree with the original to this (max |Δ| / max |y|)
+SPREAD_KEYS = ("top1_quant", "agreement", "output_rel_err")
+
+
+@dataclass
+class QuantConfig:
+    """Settings of :func:`quantize_report`: bit widths (weights 8 or 4, activations 8 or None), GPTQ, the random
+    seeds (``seeds`` of them from ``seed``), the learned rotation's optimiser, onnxruntime threads and the
+    latency batch."""
+
+    weight_bits: int = 8
+    act_bits: int | None = 8
+    gptq: bool = False
+    seeds: int = 5
+    seed: int = 0
+    learn_steps: int = 100
+    learn_lr: float = 0.01
+    calib_batch: int = 128
+    ort_threads: int = 2
+    latency_batch: int = 8
+    latency_repeats: int = 20
+
+
+def prepare(model: nn.Module) -> tuple[nn.Module, Analysis]:
+    """The BN-folded float64 copy of ``model`` (eval mode) and its group analysis."""
+    folded = copy.deepcopy(model).double().eval()
+    folded = folded if is_folded(folded) else fold_bn(folded)
+    return folded, analyze(folded)
+
+
+def rotate(folded: nn.Module, analysis: Analysis, element: GroupElement) -> nn.Module:
+    """The folded model with its weights in the rotated basis (float64; the same function)."""
+    if all(m is None for m in element.mats):
+        return copy.deepcopy(folded)
+    with torch.no_grad():
+        return load_params(folded, transformed_params(folded, analysis, element)).eval()
+
+
+def quantize_model(model: nn.Module, calib: torch.Tensor, cfg: QuantConfig) -> QuantSim:
+    """The frozen integer simulation of a folded model: activation ranges and (optionally) GPTQ on ``calib``."""
+    sim = instrument(model, cfg.weight_bits, cfg.act_bits)
+    sim.module.float()
+    batches = list(calib.float().split(cfg.calib_batch))
+    weights = gptq_weights(sim, batches) if cfg.gptq else None
+    return sim.calibrate(batches).freeze(weights)
+
+
+@torch.no_grad()
+def _sim_error(sim: QuantSim, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((sim.module(x.float()) - y).norm() / y.norm())
+
+
+def _metrics(y: torch.Tensor, yq: torch.Tensor, labels: torch.Tensor | None) -> dict[str, Any]:
+    out = dict(agreement=100 * float((yq.argmax(1) == y.argmax(1)).double().mean()),
+               output_rel_err=float((yq - y).norm() / y.norm()))
+    if labels is not None:
+        out["top1_float"] = 100 * float((y.argmax(1) == labels).double().mean())
+        out["top1_quant"] = 100 * float((yq.argmax(1) == labels).double().mean())
+    return out
+
+
+class _Run:
+    """What every rotation choice shares: the folded model, the data, the float references, the output folder."""
+
+    def __init__(self, model: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
+                 cfg: QuantConfig, out: Path) -> None:
+        self.folded, self.analysis = prepare(model)
+        self.calib, self.x, self.labels, self.cfg, self.out = calib, x, y, cfg, out
+        out.mkdir(parents=True, exist_ok=True)
+        f32 = copy.deepcopy(self.folded).float()
+        with torch.no_grad():
+            self.y32 = f32(x.float())
+            self.y_calib = f32(calib.float())
+        self.shape = (cfg.latency_batch, *x.shape[1:])
+        self.float_latency = self._float_onnx(f32)
+
+    def _float_onnx(self, f32: nn.Module) -> float:
+        from pdenets.export.files import export_onnx
+
+        path = export_onnx(f32, self.out / "float.onnx", self.shape, fold=False).path
+        return ort_latency(ort_session(path, self.cfg.ort_threads), self.x[: self.cfg.latency_batch].float(),
+                           self.cfg.latency_repeats)
+
+    def score(self, element: GroupElement) -> float:
+        """The measured output error of the static integer model on the calibration images."""
+        sim = quantize_model(rotate(self.folded, self.analysis, element), self.calib, self.cfg)
+        return _sim_error(sim, self.calib, self.y_calib)
+
+    def evaluate(self, name: str, element: GroupElement) -> dict[str, Any]:
+        """Rotate, check the float function, quantise, export, run in onnxruntime; the report entry."""
+        rotated = rotate(self.folded, self.analysis, element)
+        with torch.no_grad():
+            y_rot = copy.deepcopy(rotated).float()(self.x.float())
+        float_diff = float((y_rot - self.y32).abs().max() / self.y32.abs().max())
+        sim = quantize_model(rotated, self.calib, self.cfg)
+        with torch.no_grad():
+            y_ref = sim.module(self.x.float())
+        exp = export_qdq(sim, self.out / f"{name}.int.onnx", self.shape)
+        sess = ort_session(exp.path, self.cfg.ort_threads)
+        y_int = ort_run(sess, self.x)
+        step = sim.output_scale()
+        ops = integer_ops(exp.path)
+        return dict(**_metrics(self.y32, y_int, self.labels), float_rel_diff_after_rotation=float_diff,
+                    float_check_passed=float_diff <= FLOAT_CHECK_RTOL,
+                    reference_max_abs_diff=float((y_int - y_ref).abs().max()), output_step=step,
+                    reference_max_steps=float((y_int - y_ref).abs().max() / step) if step else None,
+                    latency_ms_float=self.float_latency,
+                    latency_ms_int=ort_latency(sess, self.x[: self.cfg.latency_batch], self.cfg.latency_repeats),
+                    onnx=exp.path.name, exporter=exp.exporter, int8_weights=exp.int_weights,
+                    int32_biases=exp.int_biases, integer_kernels={k: v for k, v in ops.items() if k in INTEGER_OPS},
+                    calib_output_rel_err=_sim_error(sim, self.calib, self.y_calib))
+
+
+def _spread(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Mean of every number over the seeds, and the spread (std, min, max) of the accuracy figures."""
+    out: dict[str, Any] = {k: statistics.fmean(r[k] for r in rows) for k, v in rows[0].items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool) and all(r[k] is not None
+                                                                                              for r in rows)}
+    out["float_check_passed"] = all(r["float_check_passed"] for r in rows)
+    for k in SPREAD_KEYS:
+        if k in out:
+            vals = [r[k] for r in rows]
+            out[f"{k}_std"] = statistics.pstdev(vals)
+            out[f"{k}_min"], out[f"{k}_max"] = min(vals), max(vals)
+    out["seeds"] = seeds
+    out["per_seed"] = rows
+    return out
+
+
+def _learned(run: _Run) -> dict[str, Any]:
+    cfg = run.cfg
+    init = rotation_element(run.analysis, "hadamard", torch.Generator().manual_seed(cfg.seed))
+    dyn = instrument(run.folded, cfg.weight_bits, cfg.act_bits).set_mode("dynamic")
+    dyn.module.float()
+    res = learn_rotation(run.folded, run.analysis, dyn.module, run.calib, init, run.score, cfg.learn_steps,
+                         cfg.learn_lr)
+    entry = run.evaluate("learned", res.element)
+    entry["learn"] = dict(init="hadamard", steps=cfg.learn_steps, lr=cfg.learn_lr, best_step=res.best_step,
+                          calib_scores=res.scores, loss_first=res.losses[0] if res.losses else None,
+                          loss_last=res.losses[-1] if res.losses else None)
+    return entry
+
+
+def quantize_report(model: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
+                    rotations: list[str], cfg: QuantConfig, out: str | Path, progress=print) -> dict[str, Any]:
+    """Quantise ``model`` under each rotation choice and write ``out``/``quant_report.json`` plus the ONNX files
+    (``float.onnx``, ``NAME.int.onnx``); returns the report. ``calib``: calibration images (training split),
+    ``x``/``y``: test images and labels. Raises ``ValueError`` for an unknown rotation or one the model does not
+    admit (no O or GL segment)."""
+    import json
+
+    for r in rotations:
+        if r not in ROTATIONS:
+            raise ValueError(f"unknown rotation {r!r}; expected one of {', '.join(ROTATIONS)}")
+    out = Path(out)
+    run = _Run(model, calib, x, y, cfg, out)
+    if any(r != "none" for r in rotations):
+        rotation_element(run.analysis, "hadamard", torch.Generator())  # raises if nothing can rotate
+    report: dict[str, Any] = dict(
+        config=asdict(cfg), calibration_images=len(calib), test_images=len(x), input_shape=list(x.shape[1:]),
+        rotated_segments=[dict(index=s.index, name=s.name, width=s.width, group=s.group)
+                          for s in run.analysis.segments if s.index in rotatable(run.analysis)],
+        segments=[dict(index=s.index, name=s.name, width=s.width, group=s.group) for s in run.analysis.segments],
+        float_onnx="float.onnx", rotations={})
+    for r in rotations:
+        progress(f"rotation {r} ...")
+        if r == "random":
+            seeds = [cfg.seed + i for i in range(cfg.seeds)]
+            rows = [run.evaluate(f"random_s{s}", rotation_element(run.analysis, "random",
+                                                                 torch.Generator().manual_seed(s))) for s in seeds]
+            report["rotations"][r] = _spread(rows, seeds)
+        elif r == "learned":
+            report["rotations"][r] = _learned(run)
+        else:
+            el = rotation_element(run.analysis, r, torch.Generator().manual_seed(cfg.seed))
+            report["rotations"][r] = run.evaluate(r, el)
+    (out / "quant_report.json").write_text(json.dumps(report, indent=1))
+    return report
