@@ -1,7 +1,10 @@
 """The fused derivative/BN/product op (pdenets.layers.fused) against the reference module path.
 
 The reference path (conv_d → bn_d → ⊙ conv_c, all separate modules with autograd) is an independent
-implementation, itself checked against einsum transcriptions in test_blocks.py.
+implementation, itself checked against einsum transcriptions in test_blocks.py. Every other path — the fused
+core (the custom op ``pdenets::derivative_bn``, eager), and the same under ``torch.compile`` — is compared
+with it in float64 (≤ 1e-10) and float32 (≤ 1e-5), forward and backward, NCHW and channels_last
+(docs/design.md §17).
 """
 
 import copy
@@ -174,8 +177,14 @@ def test_fused_falls_back_after_bn_folding(f64):
 
 
 def test_fused_argument_errors():
+    from pdenets.layers.fused import AUTO_FUSED
+
     blk = create_block("eq3", 4, 4, 1)
-    assert blk.fused is None and blk.use_fused and blk.eval().use_fused  # default: the fused path
+    assert blk.fused is None
+    assert blk.train().use_fused == AUTO_FUSED[(True, False)]  # default: the path measured fastest per mode
+    assert blk.eval().use_fused == AUTO_FUSED[(False, False)]
+    assert create_block("eq3", 4, 4, 1, fused=True).use_fused
+    assert not create_block("eq3", 4, 4, 1, fused=False).use_fused
     assert not create_block("eq3", 4, 4, 1, var_coef="affine").use_fused  # no fused path with var_coef
     with pytest.raises(ValueError, match="both xc and conv_c"):
         fused_derivative_bn(torch.randn(1, 4, 5, 5), blk.conv_d, blk.bn_d, None, blk.conv_c)
@@ -227,3 +236,71 @@ def test_whole_model_fused_channels_last_equals_module_path(train, f64):
     x = torch.randn(3, 3, 12, 12)
     g = torch.randn(3, 5)
     assert _max_diff(_run(ref, x, g), _run(fus, x, g)) < 1e-10
+
+
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def _layout_pair(dtype, layout):
+    """An Eq. (3) block 6 → 12, stride 2 (C x subsampled, a downsample skip), random BN, in dtype / layout."""
+    torch.manual_seed(11)
+    ref, fus = _pair("eq3", 6, 12, 2)
+    ref, fus = (b.to(dtype).to(memory_format=LAYOUTS[layout]) for b in (ref, fus))
+    x = torch.randn(2, 6, 7, 7, dtype=dtype).contiguous(memory_format=LAYOUTS[layout])
+    g = (torch.randn(2, 12, 4, 4, dtype=dtype) * 0.01).contiguous(memory_format=LAYOUTS[layout])
+    return ref, fus, x, g  # (output gradient scaled: gradients O(1), where an absolute fp32 tolerance means something)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_path_equals_reference_all_layouts(dtype, layout):
+    """The eager fused path (custom op) equals the module path: outputs, input and parameter gradients and
+    running statistics, training and eval mode, float64 ≤ 1e-10 and float32 ≤ 1e-5, NCHW and channels_last."""
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    ref, fus, x, g = _layout_pair(dtype, layout)
+    for train in (True, False):
+        ref.train(train)
+        fus.train(train)
+        assert _max_diff(_run(ref, x, g), _run(fus, x, g)) <= tol
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_compiled_path_equals_reference(layout):
+    """``torch.compile`` (AOTAutograd, one compile per mode) keeps the custom op whole — it appears as one node in
+    the forward and the backward graphs, with no graph break — and equals the module path in float64 (≤ 1e-10).
+    inductor (the default backend) runs the same graphs with the op as an extern kernel (benchmarks/README.md)."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    ref, fus, x, g = _layout_pair(torch.float64, layout)
+    seen: list[str] = []
+    groups: list[int] = []  # of every convolution in the graphs: the depthwise one must sit inside the op
+
+    def record(gm, _inputs):
+        calls = [n for n in gm.graph.nodes if n.op == "call_function"]
+        seen.extend(str(n.target) for n in calls)
+        groups.extend(n.args[9 if "backward" in str(n.target) else 8] for n in calls if "convolution" in str(n.target))
+        return gm
+
+    compiled = torch.compile(fus, backend=aot_autograd(fw_compiler=record, bw_compiler=record), fullgraph=True)
+    torch._dynamo.reset()
+    for train in (True, False):
+        ref.train(train)
+        fus.train(train)
+        assert _max_diff(_run(ref, x, g), _run(compiled, x, g)) <= 1e-10
+    assert "pdenets.derivative_bn.default" in seen and "pdenets.derivative_bn_backward.default" in seen
+    assert groups and set(groups) == {1}  # only the 1×1 convs A and the skip: the core was not decomposed
+
+
+def test_custom_op_opcheck(f64):
+    """torch.library.opcheck: schema, fake kernel (shapes, dtypes, strides), autograd registration and AOT
+    dispatch of ``pdenets::derivative_bn`` (and so of its backward op), training and eval mode."""
+    torch.manual_seed(12)
+    n, m = 3, 2
+    xd = torch.randn(2, n, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    wd = torch.randn(n * m, 1, 3, 3, requires_grad=True)
+    wc = torch.randn(n * m, n, 1, 1, requires_grad=True)
+    gamma, beta = torch.rand(n * m, requires_grad=True), torch.randn(n * m, requires_grad=True)
+    running = (torch.randn(n * m), torch.rand(n * m) + 0.5)
+    for xc, w, stats, stride in ((xd, wc, (None, None), 2), (None, None, running, 1)):
+        torch.library.opcheck(torch.ops.pdenets.derivative_bn.default,
+                              (xd, wd, xc, w, gamma, beta, *stats, stride, 1, n, 1e-5))

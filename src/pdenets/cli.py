@@ -21,6 +21,7 @@ from pdenets.train import regularizer_hooks as _regularizer_hooks  # noqa: F401 
 COMMAND_MODULES: tuple[str, ...] = (
     "pdenets.commands.models",
     "pdenets.commands.train",
+    "pdenets.commands.compare",
     "pdenets.commands.eval",
     "pdenets.commands.demo",
     "pdenets.commands.make_imagenet100",

@@ -242,8 +242,9 @@ def plot_confusions(rows: list[dict[str, Any]], path: str, fractions: Sequence[f
                     class_names: Sequence[str] | None = None) -> None:
     """Grid of confusion matrices: networks row-wise, fractions of training data column-wise (Fig. 3). Each cell
     is the fraction of the true class (rows) predicted as each class (columns), on one colour scale [0, 1]
-    (a shared colour bar); the class names label the axes of the outer panels."""
+    (a shared colour bar, power 0.4 so that single errors show); the class names label the outer panels."""
     import numpy as np
+    from matplotlib.colors import PowerNorm
 
     dyns = list(dict.fromkeys(r["dynamics"] for r in rows))
     fr_all = sorted({r["fraction"] for r in rows})
@@ -253,14 +254,14 @@ def plot_confusions(rows: list[dict[str, Any]], path: str, fractions: Sequence[f
     n = len(fractions)  # a last, narrow column holds the colour bar (a grid axes: tight_layout places it)
     fig, axes = subplots(len(dyns), n + 1, figsize=(2.6 * n + 0.9, 2.6 * len(dyns) + 0.3), squeeze=False,
                          width_ratios=[1.0] * n + [0.07])
-    im = None
+    im, norm = None, PowerNorm(0.4, vmin=0.0, vmax=1.0)  # lifts the few misclassified images into view
     for i, dyn in enumerate(dyns):
         for j, frac in enumerate(fractions):
             ax = axes[i][j]
             r = next((r for r in rows if r["dynamics"] == dyn and abs(r["fraction"] - frac) < 1e-9), None)
             if r is not None:
                 cm = np.asarray(r["confusion"], dtype=float)
-                im = ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="viridis", vmin=0, vmax=1)
+                im = ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="viridis", norm=norm)
                 ax.set_title(f"{dyn}, {frac:.0%}: {100 * r['test_acc']:.1f}%", fontsize=8)
                 k = cm.shape[0]
                 names = list(class_names) if class_names and len(class_names) == k else [str(c) for c in range(k)]

@@ -162,25 +162,31 @@ def plot_conv_activations(model: OdeConvNet, image: torch.Tensor, path: str | Pa
         title = f"ch {c}" + (f"\np={probs[c]:.2f}" if c < probs.numel() else "")
         axs[0, c].set_title(title, fontsize=7)
     chan = torch.stack([s[0, channel] for s in states])  # (L+1, H, W)
-    vmax = float(chan.abs().max()) or 1.0
-    for layer in range(L + 1):
+    for layer in range(L + 1):  # each panel its own scale: the input (l = 0) is far smaller than x^(L)
         ax = axs[1 + layer // ncol, layer % ncol]
+        vmax = float(chan[layer].abs().max()) or 1.0
         ax.imshow(chan[layer].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-        ax.set_title(f"l={layer}", fontsize=7)
+        ax.set_title(f"l={layer}\n|x|≤{vmax:.2g}", fontsize=6)
     head = f"digit {label}: " if label is not None else ""
-    fig.suptitle(f"{head}a) final-layer activations (row 1); b) channel {channel} after each layer (rows 2-3)",
-                 fontsize=9)
+    fig.suptitle(f"{head}a) final-layer activations (row 1, one colour scale); b) channel {channel} after each "
+                 f"layer (rows 2-3, each panel its own scale ±max|x|)", fontsize=9)
     return _save(fig, path)
 
 
 def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Training loss (cross entropy + the Eq. 113 penalty) and accuracies per epoch, from the trainer's epoch
-    rows (:func:`pdenets.train.metrics.read_epochs`: ``train_loss``, ``train_top1``, ``val_top1`` in %)."""
+    """Training loss (cross entropy + the Eq. 113 penalty, and each term where the rows have them) and accuracies
+    per epoch, from the trainer's epoch rows (:func:`pdenets.train.metrics.read_epochs`: ``train_loss``,
+    ``train_data_loss``, ``reg_<hook>``, ``train_top1``, ``val_top1`` in %)."""
     ep = [h["epoch"] for h in history]
     fig, axs = subplots(1, 2, figsize=(9, 3.2))
-    axs[0].plot(ep, [h["train_loss"] for h in history])
+    axs[0].plot(ep, [h["train_loss"] for h in history], label="total")
+    for key in dict.fromkeys(k for h in history for k in h if k == "train_data_loss" or k.startswith("reg_")):
+        vals = [h.get(key, float("nan")) for h in history]
+        if all(v > 0 for v in vals if v == v):
+            axs[0].plot(ep, vals, label="cross entropy" if key == "train_data_loss" else key.removeprefix("reg_"))
     axs[0].set_yscale("log")
     axs[0].set_xlabel("epoch")
+    axs[0].legend(fontsize=7)
     axs[0].set_title("training loss (cross entropy + Eq. 113)")
     axs[1].plot(ep, [h["train_top1"] for h in history], label="train (running)")
     axs[1].plot(ep, [h["val_top1"] for h in history], label="validation")

@@ -90,6 +90,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     d.add_argument("--time-steps", type=positive_int, default=3,
                    help="time steps per unit before deepening (default 3)")
     d.add_argument("--h", type=positive_float, default=1.0, help="time step size before deepening (default 1)")
+    d.add_argument("--factor", type=positive_int, default=2,
+                   help="refine every unit to FACTOR x the steps, h/FACTOR (default 2; theta interpolated in time)")
+    d.add_argument("--scheme", default=None, help="time-stepping scheme of the units (default: the paper's; e.g. "
+                   "rk4, stormer_verlet, leapfrog; docs/design.md §14)")
     d.set_defaults(rh_func=run_deepen)
 
     m = rs.add_parser("multiscale", help="train at a coarse resolution, then continue at full resolution",
@@ -106,6 +110,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     pl.add_argument("--out", default="runs/rh-fractions", help="output folder (default runs/rh-fractions)")
     pl.add_argument("--title", default="", help="plot title")
     pl.set_defaults(rh_func=run_plot)
+
+    y = rs.add_parser("dynamics", help="feature norm and energy of a network against the time step (figure)",
+                      description="Run test images through an RH network unit by unit and step by step; plot the mean "
+                      "feature norm and the energy (Hamiltonian H = -P1(Z) - P2(Y), second-order 1/2|Y'|^2 + P, "
+                      "parabolic P; defined without instance norm) against the time step. Writes dynamics.png and "
+                      "dynamics.json to --out.")
+    ysrc = y.add_mutually_exclusive_group(required=True)
+    ysrc.add_argument("--checkpoint", "-c", metavar="PATH", help="a trained RH network (run, checkpoint, artifact)")
+    ysrc.add_argument("--network", choices=NETWORKS, help="an untrained rh_<network>_small (digits)")
+    y.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run (default best)")
+    y.add_argument("--samples", type=positive_int, default=64, help="test images (default 64)")
+    y.add_argument("--seed", type=seed_int, default=0, help="seed of an untrained --network")
+    y.add_argument("--out", default="runs/rh-dynamics", help="output folder (default runs/rh-dynamics)")
+    y.set_defaults(rh_func=run_dynamics)
 
     s = rs.add_parser("stability", help="Jacobian spectra and forward-stability ratios of freshly built units",
                       description="Float64 checks of the paper's stability claims at random points: parabolic "
@@ -219,11 +237,18 @@ def run_deepen(args: argparse.Namespace) -> int:
     from pdenets.analysis.rh_experiments import build_model, deepened, function_change, train
 
     data, out = _setup(args, "deepen")
-    model = build_model(args.network, data, args.dataset, args.seed, steps=args.time_steps, h=args.h)
+    kw = dict(steps=args.time_steps, h=args.h, **({"scheme": args.scheme} if args.scheme else {}))
+    try:
+        model = build_model(args.network, data, args.dataset, args.seed, **kw)
+    except ValueError as e:
+        from pdenets.errors import UsageError
+
+        raise UsageError(f"--scheme {args.scheme}: {e}") from None
     n = len(data.y_train)
     model, s = train(model, data.splits(), _config(args, model, n, args.train_steps, out / "runs" / "train"))
-    deep = deepened(model)
-    res = dict(network=args.network, h_before=args.h, steps_before=[u.steps for u in model.units()],
+    deep = deepened(model, args.factor)
+    res = dict(network=args.network, scheme=model.units()[0].scheme_name, h_before=args.h,
+               steps_before=[u.steps for u in model.units()],
                steps_after=[u.steps for u in deep.units()], train_steps=s["steps"], val_acc=s["val_top1"] / 100,
                acc_before=s["test_top1"] / 100, acc_after=_test_acc(deep, data),
                **function_change(model, deep, data.x_test))
@@ -267,6 +292,45 @@ def run_multiscale(args: argparse.Namespace) -> int:
     (out / "multiscale.json").write_text(json.dumps(res, indent=1))
     for k, v in res.items():
         print(f"{k:<36} {v}")
+    return 0
+
+
+def run_dynamics(args: argparse.Namespace) -> int:
+    """Feature norm and energy against the time step of a trained (or untrained) RH network on test images."""
+    import torch
+
+    from pdenets.analysis.rh_dynamics import network_dynamics, plot_dynamics
+    from pdenets.datasets import build_dataset
+    from pdenets.errors import UsageError
+
+    out = check_out(args.out)
+    if args.checkpoint:
+        from pdenets.commands.common import load_checkpoint
+
+        model, meta = load_checkpoint(args.checkpoint, args.which)
+        label = f"{meta['model']} ({meta['file']})"
+    else:
+        from pdenets.models import create_model
+
+        torch.manual_seed(args.seed)
+        meta = dict(dataset="digits", img_size=None)
+        model = create_model(f"rh_{args.network}_small", in_chans=1)
+        label = f"rh_{args.network}_small (untrained, seed {args.seed})"
+    if not hasattr(model, "units") or not model.units():
+        raise UsageError(f"{label} is not a Ruthotto-Haber network (rh_*)")
+    ds = build_dataset(meta.get("dataset") or "digits", "test", img_size=meta.get("img_size"),
+                       data_dir=meta.get("data_dir"))
+    x = torch.stack([ds[i][0] for i in range(min(args.samples, len(ds)))])
+    records = network_dynamics(model, x.to(next(model.parameters()).dtype))
+    out.mkdir(parents=True, exist_ok=True)
+    plot_dynamics(records, str(out / "dynamics.png"), title=f"{label}: {len(x)} test images")
+    (out / "dynamics.json").write_text(json.dumps(records, indent=1))
+    for r in records:
+        e = r["energies"]
+        drift = "-" if e[0] is None else f"{(e[-1] - e[0]) / max(abs(e[0]), 1e-300):+.3g}"
+        print(f"{r['unit']:<16} {r['dynamics']:<13} {r['scheme']:<27} |Y| {r['norms'][0]:.3g} -> {r['norms'][-1]:.3g}"
+              f"  energy drift {drift}")
+    print(f"wrote {out / 'dynamics.png'}, {out / 'dynamics.json'}")
     return 0
 
 

@@ -35,6 +35,7 @@ EPILOG = """examples:
   pdenets symmetry teleport --checkpoint runs/demo --objective l1 --out runs/demo/teleport-l1
   pdenets symmetry compress --checkpoint runs/demo --out runs/demo/compressed
   pdenets symmetry fold --checkpoint runs/demo --out runs/demo/folded
+  pdenets symmetry quantize --checkpoint runs/demo --weights 4 --acts 8 --rotation none hadamard --out runs/demo/w4a8
 every --checkpoint takes any model pdenets wrote (runs, checkpoints, teleported/compressed/folded artifacts);
 every --out writes one (model.safetensors + meta.json), readable by eval, export, pde kernels, symmetry and
 `pdenets train --init-from`.
@@ -118,6 +119,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     f.add_argument("--share-kernels", action="store_true",
                    help="keep weight-shared derivative kernels shared (a per-channel scale holds the BN)")
     f.set_defaults(func=run_fold)
+    _add_quantize(ss)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     return p
 
@@ -438,4 +440,55 @@ def run_fold(args: argparse.Namespace) -> int:
           + (f", test top-1 {acc:.2f}%" if acc is not None else ""))
     f = _save(folded, out, dict(test_top1=acc), meta)
     print(f"wrote {f}")
+    return 0
+
+
+def _add_quantize(ss: argparse._SubParsersAction) -> None:
+    q = ss.add_parser("quantize", help="rotate the O(n) segments, quantise to integers, write and run an int8 ONNX "
+                      "model", description="Rotate every O/GL segment (none | random: Haar, --seeds of them | "
+                      "hadamard: randomised block-Hadamard | learned: exp of a skew matrix optimised on the "
+                      "quantised output error), quantise weights per output channel (8 or 4 bits, round-to-nearest "
+                      "or --gptq) and activations per tensor (uint8, calibrated on --calib training images), write "
+                      "the integer ONNX model (QDQ), run it in onnxruntime on the test split and write "
+                      "quant_report.json (docs/design.md §16).")
+    _common(q, need_ckpt=True)
+    q.add_argument("--weights", type=int, choices=(8, 4), default=8, help="weight bits (default 8)")
+    q.add_argument("--acts", choices=("8", "none"), default="8", help="activation bits, or none (default 8)")
+    q.add_argument("--rotation", nargs="+", choices=("none", "random", "hadamard", "learned"),
+                   default=["none", "random", "hadamard", "learned"], help="one or more (default: all four)")
+    q.add_argument("--seeds", type=positive_int, default=5, help="random rotations, seeds --seed ... (default 5)")
+    q.add_argument("--gptq", action="store_true", help="GPTQ-style error-compensating weight rounding")
+    q.add_argument("--keep-first-last", action="store_true",
+                   help="8-bit weights for the stem conv and the classifier (with --weights 4)")
+    q.add_argument("--calib", type=positive_int, default=256,
+                   help="calibration images from the training split (default 256)")
+    q.add_argument("--learn-steps", type=positive_int, default=100, help="Adam steps of 'learned' (default 100)")
+    q.add_argument("--learn-lr", type=positive_float, default=0.005, help="its step size (default 0.005)")
+    q.add_argument("--ort-threads", type=positive_int, default=2, help="onnxruntime intra-op threads (default 2)")
+    q.add_argument("--latency-batch", type=positive_int, default=8, help="batch of the latency runs (default 8)")
+    q.add_argument("--out", required=True, metavar="DIR", help="directory: quant_report.json, float.onnx, "
+                   "NAME.int.onnx per rotation choice")
+    q.set_defaults(func=run_quantize)
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from pdenets.symmetry.quantize import QuantConfig, quantize_report, report_table
+
+    _threads(args)
+    out = check_out(args.out, "--out")
+    model, meta = load_any(args.checkpoint, args.which)
+    _check_stream(model, f"--checkpoint {args.checkpoint}")
+    x, y = test_data(meta, args.n_inputs)
+    calib, _ = test_data(meta, args.calib, split="train")
+    cfg = QuantConfig(weight_bits=args.weights, act_bits=None if args.acts == "none" else 8,
+                      first_last_bits=8 if args.keep_first_last else None, gptq=args.gptq, seeds=args.seeds,
+                      seed=args.seed, learn_steps=args.learn_steps, learn_lr=args.learn_lr,
+                      ort_threads=args.ort_threads, latency_batch=args.latency_batch)
+    try:
+        report = quantize_report(model, calib, x, y, list(dict.fromkeys(args.rotation)), cfg, out)
+    except ValueError as e:
+        raise UsageError(f"symmetry quantize: {e}") from None
+    print(report_table(report))
+    print(f"wrote {out}/quant_report.json and the ONNX models ({len(calib)} calibration images from the training "
+          f"split, {len(x)} test images)")
     return 0

@@ -8,19 +8,25 @@ m·n channels. This module computes
     z = BN(D x_d) ⊙ (C x_c)      (Eqs. (3), (3p), (5); ``x_c = x_d = u`` for Eq. (3))
     z = BN(D x_d)                (Eqs. (4), (6), (7): no coefficient product inside the op)
 
-as one :class:`torch.autograd.Function` that saves only its (n-channel) inputs, the small weights and the
-per-channel batch statistics, and recomputes D x_d and C x_c in the backward pass (the paper's §5.1 asks
-for exactly this "variable-coefficient convolution"). Only the output z (kept by the following 1×1 conv
-A anyway) stays alive, so the block keeps one m·n-channel tensor instead of four.
+as one custom op, ``torch.ops.pdenets.derivative_bn`` (:func:`torch.library.custom_op`, with a fake kernel
+and a registered autograd whose backward is the custom op ``pdenets::derivative_bn_backward``), that saves
+only its (n-channel) inputs, the small weights and the per-channel batch statistics, and recomputes D x_d and
+C x_c in the backward pass (the paper's §5.1 asks for exactly this "variable-coefficient convolution"). Only
+the output z (kept by the following 1×1 conv A anyway) stays alive, so the block keeps one m·n-channel
+tensor instead of four. Being a custom op it is opaque to ``torch.compile``: inductor plans around it from
+the fake kernel's shapes and strides, keeps it whole, and fuses what surrounds it (docs/design.md §17).
 
-How it is computed (all in channels_last, whatever the input's layout): the n → m·n depthwise conv is
-split into m true depthwise n → n convs, one per direction d (kernels ``W[d::m]``), because oneDNN's
-multiplier-1 depthwise kernels are about ten times faster than its multiplier-m kernel, forward and
-backward. Each direction's BatchNorm channels and its product with C x_c then work on n-channel tensors
-with unit stride. C x_c is one GEMM whose output is ordered direction-major (channel d·n + j); the op
-returns z in that order when asked (``direction_major=True``, used by the blocks, whose 1×1 conv A then
-reads it through :func:`to_direction_major` of its weight) and otherwise reorders it to the modules'
-order j·m + d. Measurements: ``benchmarks/README.md``.
+How it is computed (all in channels_last, whatever the input's layout): x_d is repeated m times into
+direction-major channels (d·n + j holds x_j), so the n → m·n depthwise conv with groups n becomes ONE
+depthwise conv with multiplier 1 over m·n channels (kernels reordered the same way): oneDNN's multiplier-1
+kernels are several times faster than its multiplier-m kernel, forward and backward, and one op replaces the
+m per-direction ones (fewer parallel regions: on a loaded two-core machine each one risks a scheduler
+stall). BatchNorm, the product and their gradients are single ops over the direction-major m·n channels.
+C x_c is one GEMM whose output is ordered direction-major (channel d·n + j); the op returns z in that
+order when asked (``direction_major=True``, used by the blocks, whose 1×1 conv A then reads it through
+:func:`to_direction_major` of its weight) and otherwise reorders it to the modules' order j·m + d. At
+inference on the CPU the product is oneDNN's binary post-op of the depthwise conv (one pass instead of
+two). Measurements: ``benchmarks/README.md``.
 
 BatchNorm:
 
@@ -51,6 +57,22 @@ from pdenets.layers.derivative import DerivativeConv
 from pdenets.layers.tracing import is_symbolic_tracing, is_tracing
 
 _conv_backward = torch.ops.aten.convolution_backward
+
+#: The path a block's default ``fused=None`` takes in each mode, keyed by (training, compiling): ``True`` the
+#: fused core (the custom op ``pdenets::derivative_bn``), ``False`` the modules one by one. Chosen by
+#: measurement on the CPU, qlnet50_eq3 against resnet50 (benchmarks/README.md, docs/design.md §17).
+AUTO_FUSED: dict[tuple[bool, bool], bool] = {
+    (True, False): True,  # eager training
+    (False, False): True,  # eager inference
+    (True, True): True,  # torch.compile, training
+    (False, True): True,  # torch.compile, inference
+}
+
+
+def auto_fused(training: bool) -> bool:
+    """Whether ``fused=None`` means the fused core now (:data:`AUTO_FUSED`; ``torch.compile`` is detected
+    while it traces, so a compiled model gets the compiled mode's choice)."""
+    return AUTO_FUSED[(bool(training), bool(torch.compiler.is_compiling()))]
 
 
 
@@ -100,6 +122,36 @@ def _stat_dtype(x: torch.Tensor, gamma: torch.Tensor | None) -> torch.dtype:
     return gamma.dtype if gamma is not None else x.dtype
 
 
+def _stacked(
+    xd: torch.Tensor, wd: torch.Tensor, xc: torch.Tensor | None, groups: int, stride: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    """x_d repeated m times (channel d·n + j = x_j, channels_last), W direction-major, x_c subsampled, m.
+
+    The n → m·n depthwise conv with groups n then becomes ONE true depthwise conv over m·n channels
+    (groups m·n, multiplier 1): oneDNN's multiplier-1 kernels are about ten times faster than its
+    multiplier-m kernel, and one op over all directions replaces m smaller ones."""
+    m = wd.shape[0] // groups
+    xd_, xs = _channels_last(xd, xc, stride)
+    xr = _nhwc(xd_).repeat(1, 1, 1, m).permute(0, 3, 1, 2) if m > 1 else xd_  # channels_last, like x_d
+    return xr, to_direction_major(wd, m, 0), xs, m
+
+
+def _dm(t: torch.Tensor | None, m: int) -> torch.Tensor | None:
+    """A per-channel vector in the order j·m + d → direction-major d·n + j (contiguous)."""
+    return t if t is None or m == 1 else to_direction_major(t, m, 0)
+
+
+def _from_dm(t: torch.Tensor, m: int) -> torch.Tensor:
+    """Direction-major d·n + j → the modules' order j·m + d (first dimension)."""
+    return t if m == 1 else to_direction_major(t, t.shape[0] // m, 0)
+
+
+def _coefficients(xs: torch.Tensor, wc: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """C x_c for all directions in one GEMM, direction-major channels_last, and C's direction-major matrix."""
+    wc_dm = to_direction_major(wc.flatten(1), m, 0)
+    return _image(_flat(xs) @ wc_dm.t(), xs), wc_dm
+
+
 def _core_forward(
     xd: torch.Tensor, wd: torch.Tensor, xc: torch.Tensor | None, wc: torch.Tensor | None,
     gamma: torch.Tensor | None, beta: torch.Tensor | None, mean: torch.Tensor | None,
@@ -111,37 +163,32 @@ def _core_forward(
     (``mean is None``), the batch mean and inverse standard deviation (order j·m + d); in eval mode two
     empty tensors (``mean``, ``invstd`` are then the running statistics, folded into the depthwise conv).
     """
-    train = mean is None
-    m = wd.shape[0] // groups
-    xd_, xs = _channels_last(xd, xc, stride)
-    z = None
-    if xs is not None:  # C x_c for all directions in one GEMM, direction-major
-        z = _image(_flat(xs) @ to_direction_major(wc.flatten(1), m, 0).t(), xs)
-    means, invstds = [], []
-    for d in range(m):
-        w_d, g_d, b_d = wd[d::m], _every(gamma, d, m), _every(beta, d, m)
-        if train:
-            y = F.conv2d(xd_, w_d, None, stride, padding, 1, groups)
-            y, mu, istd = torch.native_batch_norm(y, g_d, b_d, None, None, True, 0.0, eps)
-            means.append(mu)
-            invstds.append(istd)
-        else:
-            # Eval-mode BN folded into the depthwise conv: a·(W * x) + b = (a·W) * x + b.
-            a, b = _affine(g_d, b_d, _every(mean, d, m), _every(invstd, d, m))
-            y = F.conv2d(xd_, w_d * a.to(wd.dtype).view(-1, 1, 1, 1), b.to(wd.dtype), stride, padding, 1, groups)
-        if m == 1:
-            z = y if z is None else z.mul_(y)
-        elif xs is not None:
-            _direction(z, m, d).mul_(_nhwc(y))
-        else:
-            if z is None:
-                z = y.new_empty((y.shape[0], y.shape[1] * m, *y.shape[2:])).contiguous(memory_format=_CL)
-            _direction(z, m, d).copy_(_nhwc(y))
-    z = z.contiguous(memory_format=_CL)
-    if train:
-        return z, torch.stack(means, 1).flatten(), torch.stack(invstds, 1).flatten()
+    xr, w, xs, m = _stacked(xd, wd, xc, groups, stride)
+    c = _coefficients(xs, wc, m)[0] if xs is not None else None
+    mn = w.shape[0]
+    if mean is None:
+        y = F.conv2d(xr, w, None, stride, padding, 1, mn)
+        y, mu, istd = torch.native_batch_norm(y, _dm(gamma, m), _dm(beta, m), None, None, True, 0.0, eps)
+        z = y if c is None else y.mul_(c)
+        return z.contiguous(memory_format=_CL), _from_dm(mu, m), _from_dm(istd, m)
+    # Eval-mode BN folded into the depthwise conv: a·(W * x) + b = (a·W) * x + b.
+    a, b = _affine(_dm(gamma, m), _dm(beta, m), _dm(mean, m), _dm(invstd, m))
+    w, b = w * a.to(w.dtype).view(-1, 1, 1, 1), b.to(w.dtype)
+    if c is not None and _mkldnn_binary_ok(xr, c):  # the product as oneDNN's post-op of the conv: one pass
+        z = torch.ops.mkldnn._convolution_pointwise.binary(
+            xr, c, w, b, [padding] * 2, [stride] * 2, [1, 1], mn, "mul", None, None, [], None)
+    else:
+        z = F.conv2d(xr, w, b, stride, padding, 1, mn)
+        z = z if c is None else z.mul_(c)
     empty = z.new_empty(0, dtype=_stat_dtype(xd, gamma))
-    return z, empty, empty.clone()
+    return z.contiguous(memory_format=_CL), empty, empty.clone()
+
+
+def _mkldnn_binary_ok(x: torch.Tensor, other: torch.Tensor) -> bool:
+    """Whether oneDNN's conv + binary post-op kernel applies: CPU, float32/bf16, channels_last, no grad."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and other.dtype == x.dtype
+            and torch.backends.mkldnn.is_available() and not torch.is_grad_enabled()
+            and other.is_contiguous(memory_format=_CL))
 
 
 def _core_backward(
@@ -152,91 +199,65 @@ def _core_backward(
     """Gradients (x_d, W, x_c, W_c, γ, β) of :func:`_core_forward` (empty tensors where ``need`` is False).
 
     ``mean``/``invstd`` are the statistics the forward pass used (batch or running ones). D x_d and C x_c are
-    recomputed (C x_c in one GEMM for all directions, like its gradients): only the n-channel inputs were kept.
-    """
-    m = wd.shape[0] // groups
-    xd_, xs = _channels_last(xd, xc, stride)
+    recomputed (one depthwise conv, one GEMM): only the n-channel inputs were kept."""
+    xr, w, xs, m = _stacked(xd, wd, xc, groups, stride)
     gz = gz.to(xd.dtype).contiguous(memory_format=_CL)
-    gxd, gwd = None, (torch.empty_like(wd) if need[1] else None)
-    ggamma = torch.empty_like(mean) if need[4] else None
-    gbeta = torch.empty_like(mean) if need[5] else None
-    c = gc = None
+    dd = F.conv2d(xr, w, None, stride, padding, 1, w.shape[0])  # D x_d, recomputed (direction-major)
+    g_dm, mu, istd = _dm(gamma, m), _dm(mean, m), _dm(invstd, m)
+    gc = gxc = gwc = None
     if xs is not None:
-        wc_dm = to_direction_major(wc.flatten(1), m, 0)
-        c = _image(_flat(xs) @ wc_dm.t(), xs)  # C x_c recomputed, direction-major
-        gc = torch.empty_like(c) if (need[2] or need[3]) else None
-    for d in range(m):
-        gz_d = _direction(gz, m, d) if m > 1 else _nhwc(gz)
-        dd = F.conv2d(xd_, wd[d::m], None, stride, padding, 1, groups)  # D x_d of direction d, recomputed
-        gg, gb, gx_d, gw_d = _direction_backward(
-            gz_d, dd, xd_, wd[d::m], None if c is None else _direction(c, m, d) if m > 1 else _nhwc(c),
-            None if gc is None else _direction(gc, m, d) if m > 1 else _nhwc(gc),
-            _every(gamma, d, m), _every(beta, d, m), _every(mean, d, m), _every(invstd, d, m),
-            (stride, padding, groups, eps, train), need,
-        )
-        if need[0]:
-            gxd = gx_d if gxd is None else gxd.add_(gx_d)
-        if need[1]:
-            gwd[d::m] = gw_d
-        if need[4]:
-            ggamma[d::m] = gg
-        if need[5]:
-            gbeta[d::m] = gb
-    gxc, gwc = _coefficient_grads(gc, xs, xc, wc, wc_dm if xs is not None else None, m, stride, need)
-    empty = gz.new_empty(0)
-    ggamma = empty if ggamma is None else ggamma.to(gamma.dtype)
-    gbeta = empty if gbeta is None else gbeta.to(beta.dtype)
-    gxd = empty if gxd is None else gxd.contiguous(memory_format=_CL)
-    return gxd, (empty if gwd is None else gwd), gxc, gwc, ggamma, gbeta
-
-
-def _direction_backward(
-    gz_d: torch.Tensor, dd: torch.Tensor, xd_: torch.Tensor, w_d: torch.Tensor, c_d: torch.Tensor | None,
-    gc_d: torch.Tensor | None, g_d: torch.Tensor | None, b_d: torch.Tensor | None, mu: torch.Tensor,
-    istd: torch.Tensor, conf: tuple, need: list[bool],
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """One direction d of the backward pass: ∂/∂(C x_c) into ``gc_d``, then BatchNorm and the depthwise conv.
-
-    ``gz_d``, ``c_d``, ``gc_d`` are (B, H, W, n) views; returns the gradients of γ_d, β_d, x_d, W_d."""
-    stride, padding, groups, eps, train = conf
-    if c_d is not None:
-        if gc_d is not None:  # ∂z/∂(C x_c) = BN(D x_d) = a·Dx + b
-            a, b = _affine(g_d, b_d, mu, istd)
-            torch.addcmul(b.to(dd.dtype), _nhwc(dd), a.to(dd.dtype), out=gc_d).mul_(gz_d)
-        gy = (c_d * gz_d).permute(0, 3, 1, 2)
+        c, wc_dm = _coefficients(xs, wc, m)  # C x_c, recomputed
+        if need[2] or need[3]:  # ∂z/∂(C x_c) = BN(D x_d) = a·Dx + b
+            a, b = _affine(g_dm, _dm(beta, m), mu, istd)
+            gc = torch.addcmul(b.to(dd.dtype).view(1, -1, 1, 1), dd, a.to(dd.dtype).view(1, -1, 1, 1)).mul_(gz)
+        gy = c.mul_(gz)
+        del c
+        gxc, gwc = _coefficient_grads(gc, xs, xc, wc, wc_dm, m, stride, need)
+        del gc
     else:
-        gy = gz_d.permute(0, 3, 1, 2).contiguous(memory_format=_CL)
-    w = g_d if g_d is not None else torch.ones_like(mu)
+        gy = gz
+    ggamma, gbeta, gdd = _bn_backward(gy, dd, g_dm, mu, istd, eps, train, need)
+    del gy, dd
+    gxr, gw, _ = _conv_backward(gdd, xr, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0],
+                                w.shape[0], [need[0], need[1], False])
+    gxd = None
+    if need[0]:  # the m copies of x_d: sum their gradients
+        gxd = gxr if m == 1 else _nhwc(gxr).unflatten(-1, (m, -1)).sum(-2).permute(0, 3, 1, 2)
+        gxd = gxd.contiguous(memory_format=_CL)
+    grads = (gxd, _from_dm(gw, m) if need[1] else None, gxc, gwc,
+             None if ggamma is None else _from_dm(ggamma, m).to(gamma.dtype),
+             None if gbeta is None else _from_dm(gbeta, m).to(beta.dtype))
+    return tuple(gz.new_empty(0) if g is None else g for g in grads)  # distinct empties: outputs may not alias
+
+
+def _bn_backward(
+    gy: torch.Tensor, dd: torch.Tensor, g_dm: torch.Tensor | None, mu: torch.Tensor, istd: torch.Tensor,
+    eps: float, train: bool, need: list[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """BatchNorm's backward (batch statistics in training mode, the fixed affine map in eval mode):
+    the gradients of γ, β (direction-major, None where not needed) and of D x_d."""
+    w = g_dm if g_dm is not None else torch.ones_like(mu)
     if train:
         gdd, gg, gb = torch.ops.aten.native_batch_norm_backward(
-            gy, dd, w, None, None, mu, istd, True, eps, [True, need[4], need[5]]
-        )
-    else:
-        gdd = gy * (w * istd).to(gy.dtype).view(1, -1, 1, 1)
-        red = [0, 2, 3]
-        gb = gy.sum(red, dtype=mu.dtype) if (need[4] or need[5]) else None
-        gg = ((gy * dd).sum(red, dtype=mu.dtype) - mu * gb) * istd if need[4] else None
-    del gy
-    gx_d, gw_d, _ = _conv_backward(
-        gdd, xd_, w_d, None, [stride, stride], [padding, padding], [1, 1], False, [0, 0], groups,
-        [need[0], need[1], False],
-    )
-    return gg, gb, gx_d, gw_d
+            gy, dd, w, None, None, mu, istd, True, eps, [True, need[4], need[5]])
+        return gg, gb, gdd
+    gdd = gy * (w * istd).to(gy.dtype).view(1, -1, 1, 1)
+    red = [0, 2, 3]
+    gb = gy.sum(red, dtype=mu.dtype) if (need[4] or need[5]) else None
+    gg = ((gy * dd).sum(red, dtype=mu.dtype) - mu * gb) * istd if need[4] else None
+    return gg, gb if need[5] else None, gdd
 
 
 def _coefficient_grads(
-    gc: torch.Tensor | None, xs: torch.Tensor | None, xc: torch.Tensor | None, wc: torch.Tensor | None,
-    wc_dm: torch.Tensor | None, m: int, stride: int, need: list[bool],
-) -> tuple[torch.Tensor, torch.Tensor]:
+    gc: torch.Tensor | None, xs: torch.Tensor, xc: torch.Tensor, wc: torch.Tensor, wc_dm: torch.Tensor, m: int,
+    stride: int, need: list[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of x_c and W_c from ∂/∂(C x_c) (direction-major): one GEMM each."""
-    empty = wc.new_empty(0) if wc is not None else torch.empty(0)
     if gc is None:
-        return empty, empty.clone()
+        return None, None
     gflat, xs_flat = _flat(gc), _flat(xs)
-    gwc = empty
-    if need[3]:
-        gwc = to_direction_major((gflat.t() @ xs_flat), gflat.shape[1] // m, 0).view_as(wc).contiguous()
-    gxc = empty.clone()
+    gwc = _from_dm(gflat.t() @ xs_flat, m).reshape(wc.shape).contiguous() if need[3] else None
+    gxc = None
     if need[2]:
         gxc = _image(gflat @ wc_dm, xs)
         if stride > 1:
@@ -294,10 +315,9 @@ def _derivative_bn_backward_fake(gz, xd, wd, xc, wc, gamma, beta, mean, invstd, 
     """Shapes, dtypes and strides of :func:`_core_backward`'s outputs."""
     empty = gz.new_empty(0, dtype=xd.dtype)
     gxd = _empty_cl(tuple(xd.shape), xd) if need[0] else empty
-    gwd = torch.empty_like(wd) if need[1] else empty.clone()
-    has_c = xc is not None
-    gxc = _empty_cl(tuple(xc.shape), xd) if has_c and need[2] else wd.new_empty(0) if has_c else torch.empty(0)
-    gwc = wc.new_empty(wc.shape).contiguous() if has_c and need[3] else wc.new_empty(0) if has_c else torch.empty(0)
+    gwd = torch.empty_like(wd, memory_format=torch.contiguous_format) if need[1] else empty.clone()
+    gxc = _empty_cl(tuple(xc.shape), xd) if xc is not None and need[2] else empty.clone()
+    gwc = torch.empty(wc.shape, dtype=xd.dtype, device=wc.device) if wc is not None and need[3] else empty.clone()
     ggamma = gamma.new_empty(gamma.shape) if need[4] else empty.clone()
     gbeta = beta.new_empty(beta.shape) if need[5] else empty.clone()
     return gxd, gwd, gxc, gwc, ggamma, gbeta
@@ -322,16 +342,6 @@ def _backward(ctx, gz: torch.Tensor, _gmean: torch.Tensor | None, _ginvstd: torc
 
 
 derivative_bn.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _every(t: torch.Tensor | None, d: int, m: int) -> torch.Tensor | None:
-    """Channels d, d + m, d + 2m, ... of a per-channel vector (contiguous: ATen's BN kernels need it)."""
-    return None if t is None else t[d::m].contiguous()
-
-
-def _direction(z: torch.Tensor, m: int, d: int) -> torch.Tensor:
-    """Direction d of a direction-major channels_last (B, m·n, H, W) tensor, as a (B, H, W, n) view."""
-    return _nhwc(z).unflatten(-1, (m, z.shape[1] // m))[..., d, :]
 
 
 def _channels_last(

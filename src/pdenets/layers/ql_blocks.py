@@ -33,7 +33,7 @@ from timm.layers import DropPath
 
 from pdenets.layers.activations import create_act
 from pdenets.layers.derivative import DerivativeConv
-from pdenets.layers.fused import conv_bn, fused_derivative_bn, to_direction_major
+from pdenets.layers.fused import auto_fused, conv_bn, fused_derivative_bn, to_direction_major
 from pdenets.layers.stream import BlockSpec, BNFold, Channels, Touch
 from pdenets.layers.tracing import is_tracing
 from pdenets.layers.varcoef import CoordinateCoefficients
@@ -62,14 +62,17 @@ class QLBlock(nn.Module):
         zero_init_last: initialise the last BN's γ to zero so the block starts as the identity.
         drop_path: stochastic-depth rate.
         fused: compute the derivative conv, its BatchNorm and (Eqs. (3), (3p), (5)) the coefficient product
-            with :func:`~pdenets.layers.fused.fused_derivative_bn` (the same function, computed in
-            channels_last as m true depthwise convs; about half the activation memory in training, the BNs
-            folded into the convs at inference). ``None`` (default): whenever the block allows it (not with
-            ``var_coef``, whose coefficients sit between D and its BN); ``True``: always (an error with
-            ``var_coef``); ``False``: never (the modules one by one, their forward hooks fire). Speed and
-            memory of both paths: ``benchmarks/README.md``. While the model is scripted or traced
-            (``torch.jit``, ``torch.fx``) the blocks take the module path whatever ``fused`` says: the
-            fused op is an autograd Function no tracer can record (docs/design.md §12).
+            with :func:`~pdenets.layers.fused.fused_derivative_bn` (the same function as one custom op,
+            ``torch.ops.pdenets.derivative_bn``, computed in channels_last as one multiplier-1 depthwise conv;
+            about half the activation memory in training, the BNs folded into the convs at inference; under
+            ``torch.compile`` inductor keeps the op whole). ``None`` (default): the path measured fastest for
+            the current mode (training / inference, eager / compiled:
+            :data:`~pdenets.layers.fused.AUTO_FUSED`, docs/design.md §17), never with ``var_coef`` (its
+            coefficients sit between D and its BN); ``True``: always (an error with ``var_coef``); ``False``:
+            never (the modules one by one, their forward hooks fire). Speed and memory of both paths:
+            ``benchmarks/README.md``. While the model is scripted or traced (``torch.jit``, ``torch.fx``) the
+            blocks take the module path whatever ``fused`` says: no such tracer records the custom op with its
+            autograd (docs/design.md §12).
     """
 
     equation: str = ""
@@ -132,7 +135,7 @@ class QLBlock(nn.Module):
             return False  # the coordinate coefficients sit between D and its BN: reference path only
         if is_tracing():
             return False  # the traceable module path (docs/design.md §12)
-        return True if self.fused is None else bool(self.fused)
+        return auto_fused(self.training) if self.fused is None else bool(self.fused)
 
     def _fused_a(
         self, xd: torch.Tensor, xc: torch.Tensor | None = None, conv_c: nn.Module | None = None,

@@ -298,13 +298,18 @@ class QuantSim:
         return None
 
 
-def instrument(model: nn.Module, weight_bits: int = 8, act_bits: int | None = 8) -> QuantSim:
+def instrument(model: nn.Module, weight_bits: int = 8, act_bits: int | None = 8,
+               first_last_bits: int | None = None) -> QuantSim:
     """A :class:`QuantSim` of ``model`` (a copy, eval mode, fused training paths off), in ``float`` mode.
 
-    ``act_bits``: 8 (uint8 activations) or None (weights only). Raises ``ValueError`` for other bit widths or a
-    model ``torch.fx`` cannot trace.
+    ``act_bits``: 8 (uint8 activations) or None (weights only). ``first_last_bits``: weight bits of the first and
+    the last quantised layer (the stem conv that reads the image, the classifier), if they differ from
+    ``weight_bits`` (the usual 8 of low-bit ConvNets). Raises ``ValueError`` for other bit widths or a model
+    ``torch.fx`` cannot trace.
     """
     weight_grid(weight_bits)
+    if first_last_bits is not None:
+        weight_grid(first_last_bits)
     _qd()  # registered before any ONNX export builds its op registry
     if act_bits not in (8, None):
         raise ValueError(f"activation bits must be 8 or None, got {act_bits}")
@@ -322,10 +327,14 @@ def instrument(model: nn.Module, weight_bits: int = 8, act_bits: int | None = 8)
             ops.append(n)
         elif _is_binary(n):
             ops.append(n)
+    if first_last_bits is not None and convs:
+        for name in {convs[0], convs[-1]}:
+            gm.get_submodule(name).bits = first_last_bits
     acts = _insert_act_quants(gm, ops) if act_bits else []
     for n in gm.graph.nodes:
         if n.op == "call_module" and n.target in convs and acts:
             src = n.args[0]
-            gm.get_submodule(n.target).input_quant = src.target if src.op == "call_module" and src.target in acts else None
+            quantized = src.op == "call_module" and src.target in acts
+            gm.get_submodule(n.target).input_quant = src.target if quantized else None
     gm.recompile()
     return QuantSim(gm, convs, acts, weight_bits, act_bits)

@@ -96,6 +96,6 @@ def gptq_weights(sim: QuantSim, batches: list[torch.Tensor], damp: float = 0.01)
         w = m.weight.detach()
         g = hess[name].shape[0]
         rows = w.reshape(g, w.shape[0] // g, -1)
-        s = weight_scale(w.float(), sim.weight_bits).view(g, -1)
-        out[name] = gptq_quantize(rows, hess[name], sim.weight_bits, s, damp).reshape(w.shape).to(w.dtype)
+        s = weight_scale(w.float(), m.bits).view(g, -1)
+        out[name] = gptq_quantize(rows, hess[name], m.bits, s, damp).reshape(w.shape).to(w.dtype)
     return out

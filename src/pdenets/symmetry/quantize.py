@@ -26,7 +26,7 @@ from pdenets.symmetry.fold import fold_bn, is_folded
 from pdenets.symmetry.rotations import ROTATIONS, learn_rotation, rotatable, rotation_element
 from pdenets.symmetry.transform import GroupElement, load_params, transformed_params
 
-__all__ = ["FLOAT_CHECK_RTOL", "QuantConfig", "quantize_model", "quantize_report", "rotate"]
+__all__ = ["FLOAT_CHECK_RTOL", "QuantConfig", "quantize_model", "quantize_report", "report_table", "rotate"]
 
 FLOAT_CHECK_RTOL = 1e-5  # the rotated float32 model must agree with the original to this (max |Δ| / max |y|)
 SPREAD_KEYS = ("top1_quant", "agreement", "output_rel_err")
@@ -40,11 +40,13 @@ class QuantConfig:
 
     weight_bits: int = 8
     act_bits: int | None = 8
+    first_last_bits: int | None = None
     gptq: bool = False
     seeds: int = 5
     seed: int = 0
     learn_steps: int = 100
-    learn_lr: float = 0.01
+    learn_lr: float = 0.005
+    learn_batch: int = 64
     calib_batch: int = 128
     ort_threads: int = 2
     latency_batch: int = 8
@@ -68,7 +70,7 @@ def rotate(folded: nn.Module, analysis: Analysis, element: GroupElement) -> nn.M
 
 def quantize_model(model: nn.Module, calib: torch.Tensor, cfg: QuantConfig) -> QuantSim:
     """The frozen integer simulation of a folded model: activation ranges and (optionally) GPTQ on ``calib``."""
-    sim = instrument(model, cfg.weight_bits, cfg.act_bits)
+    sim = instrument(model, cfg.weight_bits, cfg.act_bits, cfg.first_last_bits)
     sim.module.float()
     batches = list(calib.float().split(cfg.calib_batch))
     weights = gptq_weights(sim, batches) if cfg.gptq else None
@@ -93,8 +95,13 @@ class _Run:
     """What every rotation choice shares: the folded model, the data, the float references, the output folder."""
 
     def __init__(self, model: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
-                 cfg: QuantConfig, out: Path) -> None:
+                 cfg: QuantConfig, out: Path, rotations: list[str]) -> None:
         self.folded, self.analysis = prepare(model)
+        for r in rotations:
+            if r not in ROTATIONS:
+                raise ValueError(f"unknown rotation {r!r}; expected one of {', '.join(ROTATIONS)}")
+        if any(r != "none" for r in rotations):
+            rotation_element(self.analysis, "hadamard", torch.Generator())  # raises if nothing can rotate
         self.calib, self.x, self.labels, self.cfg, self.out = calib, x, y, cfg, out
         out.mkdir(parents=True, exist_ok=True)
         f32 = copy.deepcopy(self.folded).float()
@@ -160,12 +167,13 @@ def _spread(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
 def _learned(run: _Run) -> dict[str, Any]:
     cfg = run.cfg
     init = rotation_element(run.analysis, "hadamard", torch.Generator().manual_seed(cfg.seed))
-    dyn = instrument(run.folded, cfg.weight_bits, cfg.act_bits).set_mode("dynamic")
+    dyn = instrument(run.folded, cfg.weight_bits, cfg.act_bits, cfg.first_last_bits).set_mode("dynamic")
     dyn.module.float()
     res = learn_rotation(run.folded, run.analysis, dyn.module, run.calib, init, run.score, cfg.learn_steps,
-                         cfg.learn_lr)
+                         cfg.learn_lr, batch=cfg.learn_batch, generator=torch.Generator().manual_seed(cfg.seed))
     entry = run.evaluate("learned", res.element)
-    entry["learn"] = dict(init="hadamard", steps=cfg.learn_steps, lr=cfg.learn_lr, best_step=res.best_step,
+    entry["learn"] = dict(init="hadamard", steps=cfg.learn_steps, lr=cfg.learn_lr, batch=cfg.learn_batch,
+                          best_step=res.best_step,
                           calib_scores=res.scores, loss_first=res.losses[0] if res.losses else None,
                           loss_last=res.losses[-1] if res.losses else None)
     return entry
@@ -179,13 +187,8 @@ def quantize_report(model: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: t
     admit (no O or GL segment)."""
     import json
 
-    for r in rotations:
-        if r not in ROTATIONS:
-            raise ValueError(f"unknown rotation {r!r}; expected one of {', '.join(ROTATIONS)}")
     out = Path(out)
-    run = _Run(model, calib, x, y, cfg, out)
-    if any(r != "none" for r in rotations):
-        rotation_element(run.analysis, "hadamard", torch.Generator())  # raises if nothing can rotate
+    run = _Run(model, calib, x, y, cfg, out, rotations)
     report: dict[str, Any] = dict(
         config=asdict(cfg), calibration_images=len(calib), test_images=len(x), input_shape=list(x.shape[1:]),
         rotated_segments=[dict(index=s.index, name=s.name, width=s.width, group=s.group)
@@ -206,3 +209,25 @@ def quantize_report(model: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: t
             report["rotations"][r] = run.evaluate(r, el)
     (out / "quant_report.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """Markdown table of a :func:`quantize_report` (random: mean ± std over the seeds, [min, max])."""
+    c = report["config"]
+    bits = f"W{c['weight_bits']}A{c['act_bits'] or 'f'}" + (f" (first/last W{c['first_last_bits']})"
+                                                             if c.get("first_last_bits") else "")
+    rows = [f"| {bits} rotation | top-1 float | top-1 int | agreement | output rel. err | float Δ after rotation "
+            "| ORT ms float / int |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report["rotations"].items():
+        def fmt(k: str, f: str = ".2f", r=r) -> str:
+            if r.get(k) is None:
+                return "-"
+            if f"{k}_std" not in r:
+                return format(r[k], f)
+            return f"{r[k]:{f}} ± {r[k + '_std']:{f}} [{r[k + '_min']:{f}}, {r[k + '_max']:{f}}]"
+
+        label = name + (f" ({len(r['seeds'])} seeds)" if "seeds" in r else "")
+        rows.append(f"| {label} | {fmt('top1_float')} | {fmt('top1_quant')} | {fmt('agreement')} | "
+                    f"{fmt('output_rel_err', '.4f')} | {r['float_rel_diff_after_rotation']:.1e} | "
+                    f"{r['latency_ms_float']:.2f} / {r['latency_ms_int']:.2f} |")
+    return "\n".join(rows)

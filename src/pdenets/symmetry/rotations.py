@@ -101,16 +101,18 @@ def _mats(init: GroupElement, xs: dict[int, torch.Tensor]) -> list[torch.Tensor 
 
 
 def learn_rotation(folded: nn.Module, analysis: Analysis, sim_module: nn.Module, inputs: torch.Tensor,
-                   init: GroupElement, score: Callable[[GroupElement], float], steps: int = 100, lr: float = 0.01,
-                   score_every: int = 20) -> LearnResult:
+                   init: GroupElement, score: Callable[[GroupElement], float], steps: int = 100, lr: float = 0.005,
+                   score_every: int = 20, batch: int = 64, generator: torch.Generator | None = None
+                   ) -> LearnResult:
     """Optimise Q_s = Q₀_s · exp(X_s − X_sᵀ) on every rotatable segment to minimise the relative output error
     ‖y_q − y‖² / ‖y‖² of ``sim_module`` (a :class:`~pdenets.quant.fakequant.QuantSim` module of ``folded`` in
     ``dynamic`` mode: straight-through rounding, scales of the current weights and batch) on ``inputs``
     (calibration images, never the test split).
 
-    ``folded`` is the BN-folded float64 model, ``init`` the starting element (Q₀; the identity where ``None``).
-    Every ``score_every`` steps, and at the start, the element is scored by ``score`` (the measured error of the
-    static integer model on the calibration images); the best scored element is returned.
+    ``folded`` is the BN-folded float64 model, ``init`` the starting element (Q₀; the identity where ``None``);
+    each Adam step uses ``batch`` images drawn from ``inputs`` (``generator``). Every ``score_every`` steps, and
+    at the start, the element is scored by ``score`` (the measured error of the static integer model on the
+    calibration images); the best scored element is returned.
     """
     base = {k: v.detach() for k, v in folded.named_parameters()}
     mats0 = [m if m is not None else (torch.eye(s.width, dtype=torch.float64) if s.index in rotatable(analysis)
@@ -125,15 +127,16 @@ def learn_rotation(folded: nn.Module, analysis: Analysis, sim_module: nn.Module,
     if not xs:
         return res
     opt = torch.optim.Adam(list(xs.values()), lr=lr)
-    x32 = inputs.float()
+    x32, gen = inputs.float(), generator or torch.Generator().manual_seed(0)
     for step in range(1, steps + 1):
+        idx = torch.randperm(len(x32), generator=gen)[:batch]
         opt.zero_grad()
         new = transformed_params(folded, analysis, GroupElement(_mats(init, xs)), params=base)
-        yq = functional_call(sim_module, {k: v.float() for k, v in new.items()}, (x32,), strict=False)
-        loss = ((yq - y) ** 2).sum() / (y**2).sum()
+        yq = functional_call(sim_module, {k: v.float() for k, v in new.items()}, (x32[idx],), strict=False)
+        loss = ((yq - y[idx]) ** 2).sum() / (y[idx] ** 2).sum()
         loss.backward()
         opt.step()
-        res.losses.append(float(loss))
+        res.losses.append(float(loss.detach()))
         if step % score_every == 0 or step == steps:
             with torch.no_grad():
                 el = GroupElement([m.detach() if m is not None else None for m in _mats(init, xs)])

@@ -36,6 +36,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         sched="cosine", warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5,
         no_aug=True, random_shift=2, smoothing=0.0, workers=0,
     ),
+    # `pdenets compare` on digits (docs/design.md §15): the `quick` recipe, so that Table 1's twelve rows × 3 seeds
+    # (36 runs) finish within 15 minutes on 2 CPU cores.
+    "table1-digits": dict(
+        model="qlnet18_eq3_small", dataset="digits", img_size=16, epochs=12, batch_size=32,
+        opt="adamw", lr=2e-3, weight_decay=0.05,
+        sched="cosine", warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5,
+        no_aug=True, random_shift=2, smoothing=0.0, workers=0,
+    ),
     # Ruseckas §5 (arXiv:1909.03767): every parameter starts at zero (the models' init), cross entropy + the
     # layer-smoothness loss of Eq. (113) with λ = 1.0 (circles) / 0.1 (conv), gradient clipping 1.0 (forward
     # Euler with the cubic term is stable only while γ̃x² < 2), one-cycle-like cosine with 10 % warm-up; the
