@@ -12,6 +12,7 @@ import torch
 import pdenets
 from _helpers import randomize_bn
 from pdenets.cli import main
+from pdenets.layers.resnet_blocks import ResNetBottleneck
 from pdenets.symmetry import analyze, verify
 from pdenets.utils.stats import count_params
 
@@ -80,7 +81,7 @@ def test_block_refuses_ql_options():
         with pytest.raises(ValueError, match="no derivative convs"):
             timm.create_model("qlnet18_resnet_small", **kw)
     with pytest.raises(ValueError, match="multiple of 4"):
-        timm.create_model("qlnet18_resnet_small", widths=(8, 8, 8, 9))
+        ResNetBottleneck(8, 10)
 
 
 @pytest.mark.parametrize("name", ["qlnet18_resnet_small", "qlnet18_resnet_basic_small"])

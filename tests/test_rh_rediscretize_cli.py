@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TRAIN = ["train", "--model", "rh_hamiltonian_small", "-m", "widths=[4,4]", "-m", "steps=2", "-m", "h=0.5",
          "--img-size", "8", "--batch-size", "16", "--epochs", "2", "--max-steps-per-epoch", "3", "--hook", "rh-tv",
-         "--hook", "box", "--no-progress", "--no-report"]
+         "--hook", "box", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_train_init_from_a_rediscretized_artifact(run, tmp_path):
                  str(saved)]) == 0
     out = tmp_path / "ft"
     assert main(["train", "--init-from", str(saved), "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size",
-                 "16", "--no-progress", "--no-report", "--out", str(out)]) == 0
+                 "16", "--no-progress", "--out", str(out)]) == 0
     m = pdenets.load(out)
     assert [u.steps for u in m.units()] == [6, 6] and m.h == pytest.approx(0.5 / 3)
 

@@ -22,9 +22,8 @@ from pdenets.symmetry.verify import radial_input_scale
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _tiny(block: str = "eq3p", seed: int = 0) -> torch.nn.Module:
+def _tiny(name: str = "qlnet18_eq3p_small", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    name = "qlnet18_eq3p_small" if block == "eq3p" else "qlnet18_eq3_small"
     return randomize_bn(create_model(name, num_classes=10, in_chans=1, widths=[8, 8, 8, 8]), seed).eval()
 
 
@@ -162,7 +161,10 @@ def test_weights_only_and_first_last():
 
 
 def test_cli_refuses_rotation_without_rotatable_segment(tmp_path, capsys):
-    save_artifact(_tiny("eq3"), tmp_path / "eq3", dict(dataset="digits", img_size=8))
+    # raw Eq. (3): D reads every segment channel by channel (with one block per stage the last segment, read only
+    # by the classifier, would still rotate: qlnet18_eq3 has O on stage 4)
+    assert rotatable(prepare(_tiny("qlnet18_eq3_small"))[1]) == [3]
+    save_artifact(_tiny("qlnet26_eq3_small"), tmp_path / "eq3", dict(dataset="digits", img_size=8))
     code = main(["symmetry", "quantize", "--checkpoint", str(tmp_path / "eq3"), "--rotation", "hadamard",
                  "--out", str(tmp_path / "q")])
     err = capsys.readouterr().err

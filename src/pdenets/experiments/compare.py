@@ -176,7 +176,7 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def describe(spec: ModelSpec, num_classes: int, in_chans: int) -> tuple[str, str]:
     """(row label, activation) of a model: the paper's names for the QL rows — "Eq. (3) (no ws, x6)" — and
-    ``act@placement``; for a timm model its name and "(timm default)"."""
+    ``act@placement``; for a timm model its name and "(its own)"."""
     import torch
 
     from pdenets.models import create_model
@@ -185,7 +185,7 @@ def describe(spec: ModelSpec, num_classes: int, in_chans: int) -> tuple[str, str
         m = create_model(spec.name, num_classes=num_classes, in_chans=in_chans, **spec.kwargs)
     block, act = getattr(m, "block_name", None), getattr(m, "act_name", None)
     if block is None or act is None:
-        return spec.label or spec.name, "(timm default)"
+        return spec.label or spec.name, "(its own)"
     activation = f"{act}@{m.act_placement}"
     if spec.label:
         return spec.label, activation
@@ -382,15 +382,17 @@ def _write(out: Path, table: dict[str, Any], figure: bool) -> None:
 def run_comparison(out: str | os.PathLike, models: Sequence[ModelSpec], seeds: Sequence[int],
                    overrides: dict[str, Any] | None = None, model_kwargs: dict[str, Any] | None = None, *,
                    overwrite: bool = False, command: str | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every model of ``models`` with every seed of ``seeds`` under one recipe (``overrides``: the training
     options, ``recipe`` and ``dataset`` included; ``model_kwargs``: constructor arguments of every row) and write
     ``table.md``, ``table.json`` and ``top1_vs_params.png`` into ``out`` (module docstring). Finished runs are
-    reused, unfinished ones resumed; ``overwrite`` trains every run afresh. Returns the table."""
+    reused, unfinished ones resumed; ``overwrite`` trains every run afresh. ``log`` gets one line per run (default:
+    printed at once). Returns the table."""
     from pdenets.train.rundir import RunLock
     from pdenets.train.trainer import train
 
     out, overrides, model_kwargs = Path(out), dict(overrides or {}), dict(model_kwargs or {})
+    log = log or (lambda line: print(line, flush=True))
     if not models or not seeds:
         raise UsageError("a comparison needs at least one model and one seed")
     t0, c0 = time.time(), time.process_time()

@@ -52,6 +52,7 @@ import contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
 
 from pdenets.layers.derivative import DerivativeConv
 from pdenets.layers.tracing import is_symbolic_tracing, is_tracing
@@ -342,6 +343,29 @@ def _backward(ctx, gz: torch.Tensor, _gmean: torch.Tensor | None, _ginvstd: torc
 
 
 derivative_bn.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _core_flops(x_shape: tuple, w_shape: tuple, xc_shape: tuple | None, out_shape: tuple) -> int:
+    """Flops (2 × MACs) of the module path's convolutions that the op computes: D (depthwise k×k, n → m·n)
+    and, with x_c, C (1×1, n → m·n); BatchNorm and the product are not counted (as for the modules)."""
+    pixels_out = out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3]  # B · m·n · H' · W'
+    flops = 2 * pixels_out * w_shape[2] * w_shape[3]
+    if xc_shape is not None:
+        flops += 2 * pixels_out * xc_shape[1]
+    return flops
+
+
+@register_flop_formula(torch.ops.pdenets.derivative_bn)
+def _derivative_bn_flops(xd_shape, wd_shape, xc_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    """``torch.utils.flop_counter`` (and so :func:`pdenets.utils.stats.count_macs`) sees through the op."""
+    return _core_flops(xd_shape, wd_shape, xc_shape, out_shape[0])
+
+
+@register_flop_formula(torch.ops.pdenets.derivative_bn_backward)
+def _derivative_bn_backward_flops(gz_shape, xd_shape, wd_shape, xc_shape, *args, out_shape=None,
+                                  **kwargs) -> int:  # noqa: ANN001
+    """The backward op: the two gradient products of each conv plus the recomputed forward (3×)."""
+    return 3 * _core_flops(xd_shape, wd_shape, xc_shape, gz_shape)
 
 
 def _channels_last(

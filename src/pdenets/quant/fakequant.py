@@ -230,8 +230,8 @@ def _drop_identities(gm: fx.GraphModule) -> None:
     gm.graph.eliminate_dead_code()
 
 
-def _insert_act_quants(gm: fx.GraphModule, ops: list[fx.Node]) -> list[str]:
-    """One :class:`ActQuant` after every tensor that a quantised op reads or writes; returns their names."""
+def _insert_act_quants(gm: fx.GraphModule, ops: list[fx.Node]) -> dict[fx.Node, str]:
+    """One :class:`ActQuant` after every tensor that a quantised op reads or writes; node → its quantiser."""
     points: dict[fx.Node, None] = {}
     for n in ops:
         for a in n.args:
@@ -239,15 +239,54 @@ def _insert_act_quants(gm: fx.GraphModule, ops: list[fx.Node]) -> list[str]:
                 points[a] = None
         points[n] = None
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    names = []
+    names: dict[fx.Node, str] = {}
     for v in sorted(points, key=order.get):
         name = f"act_quant_{len(names)}"
         gm.add_submodule(name, ActQuant())
         with gm.graph.inserting_after(v):
             q = gm.graph.call_module(name, (v,))
         v.replace_all_uses_with(q, delete_user_cb=lambda u, q=q: u is not q)
-        names.append(name)
+        names[v] = name
     return names
+
+
+def _direction(m: QConv, d: int, mult: int) -> QConv:
+    """Output channels m·j + d of a channel-multiplier depthwise conv: a multiplier-1 depthwise conv."""
+    conv = nn.Conv2d(m.groups, m.groups, tuple(m.weight.shape[-2:]), m.stride, m.padding, m.dilation, m.groups,
+                     m.bias is not None, m.padding_mode).to(m.weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(m.weight[d::mult])
+        if m.bias is not None:
+            conv.bias.copy_(m.bias[d::mult])
+    return QConv(conv, m.bits)
+
+
+def _split_multipliers(gm: fx.GraphModule, convs: list[str]) -> list[tuple[list[fx.Node], fx.Node]]:
+    """Rewrite every depthwise conv with a channel multiplier m > 1 (the derivative conv D of Eqs. (3)-(7), n → m·n
+    with groups n) as m multiplier-1 depthwise convs, stacked so that channel m·j + d is the same: onnxruntime has
+    fast integer kernels for multiplier-1 depthwise convs only (a grouped QLinearConv is ten times slower).
+    Returns (the m direction nodes, the node that stacks them) per rewritten conv."""
+    groups = []
+    for n in list(gm.graph.nodes):
+        m = gm.get_submodule(n.target) if n.op == "call_module" and n.target in convs else None
+        if m is None or m.kind != "conv" or m.groups == 1 or m.weight.shape[1] != 1 or m.weight.shape[0] == m.groups:
+            continue
+        mult = m.weight.shape[0] // m.groups
+        parts = []
+        with gm.graph.inserting_before(n):
+            for d in range(mult):
+                name = f"{n.target}_direction{d}"
+                gm.add_submodule(name, _direction(m, d, mult))
+                parts.append(gm.graph.call_module(name, n.args))
+            stacked = gm.graph.call_function(torch.stack, (parts,), {"dim": 2})
+            flat = gm.graph.call_method("flatten", (stacked, 1, 2))
+        n.replace_all_uses_with(flat)
+        gm.graph.erase_node(n)
+        gm.delete_submodule(n.target)
+        i = convs.index(n.target)
+        convs[i:i + 1] = [p.target for p in parts]
+        groups.append((parts, flat))
+    return groups
 
 
 class QuantSim:
@@ -255,9 +294,10 @@ class QuantSim:
     quantisation points, and the steps that turn it into the integer model: :meth:`calibrate`, :meth:`freeze`."""
 
     def __init__(self, module: fx.GraphModule, convs: list[str], acts: list[str], weight_bits: int,
-                 act_bits: int | None) -> None:
+                 act_bits: int | None, ties: dict[str, str] | None = None) -> None:
         self.module, self.convs, self.acts = module, convs, acts
         self.weight_bits, self.act_bits = weight_bits, act_bits
+        self.ties = ties or {}  # quantiser → the quantiser whose range it takes (the parts of a split conv)
 
     def set_mode(self, mode: str) -> QuantSim:
         if mode not in MODES:
@@ -281,6 +321,10 @@ class QuantSim:
     def freeze(self, weights: dict[str, torch.Tensor] | None = None) -> QuantSim:
         """Activation scales from the observed ranges, integer weights (``weights``: name → replacement weight,
         e.g. from :func:`pdenets.quant.gptq.gptq_weights`) and int32 biases; switches to ``static`` (float32)."""
+        for name, leader in self.ties.items():
+            src, dst = self.module.get_submodule(leader), self.module.get_submodule(name)
+            dst.lo.copy_(src.lo)
+            dst.hi.copy_(src.hi)
         for name in self.acts:
             self.module.get_submodule(name).freeze()
         for name in self.convs:
@@ -296,6 +340,16 @@ class QuantSim:
         if isinstance(out, fx.Node) and out.op == "call_module" and out.target in self.acts:
             return float(self.module.get_submodule(out.target).scale)
         return None
+
+
+def _quantizable(gm: fx.GraphModule, weight_bits: int) -> list[str]:
+    """Replace every conv/linear by a :class:`QConv`; their names, in graph order."""
+    convs = []
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), (nn.Conv2d, nn.Linear, FoldedDepthwise)):
+            _set_module(gm, n.target, QConv(gm.get_submodule(n.target), weight_bits))
+            convs.append(n.target)
+    return convs
 
 
 def instrument(model: nn.Module, weight_bits: int = 8, act_bits: int | None = 8,
@@ -319,22 +373,19 @@ def instrument(model: nn.Module, weight_bits: int = 8, act_bits: int | None = 8,
             m.fused = False
     gm = fx.GraphModule(model, _LeafTracer().trace(model))
     _drop_identities(gm)
-    convs, ops = [], []
-    for n in gm.graph.nodes:
-        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), (nn.Conv2d, nn.Linear, FoldedDepthwise)):
-            _set_module(gm, n.target, QConv(gm.get_submodule(n.target), weight_bits))
-            convs.append(n.target)
-            ops.append(n)
-        elif _is_binary(n):
-            ops.append(n)
+    convs = _quantizable(gm, weight_bits)
     if first_last_bits is not None and convs:
         for name in {convs[0], convs[-1]}:
             gm.get_submodule(name).bits = first_last_bits
-    acts = _insert_act_quants(gm, ops) if act_bits else []
+    groups = _split_multipliers(gm, convs)
+    ops = [n for n in gm.graph.nodes if (n.op == "call_module" and n.target in convs) or _is_binary(n)]
+    names = _insert_act_quants(gm, ops) if act_bits else {}
+    ties = {names[p]: names[flat] for parts, flat in groups for p in parts if flat in names and p in names}
+    acts = list(names.values())
     for n in gm.graph.nodes:
         if n.op == "call_module" and n.target in convs and acts:
             src = n.args[0]
             quantized = src.op == "call_module" and src.target in acts
             gm.get_submodule(n.target).input_quant = src.target if quantized else None
     gm.recompile()
-    return QuantSim(gm, convs, acts, weight_bits, act_bits)
+    return QuantSim(gm, convs, acts, weight_bits, act_bits, ties)
