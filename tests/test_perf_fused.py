@@ -222,14 +222,14 @@ def test_conv_bn_folds_eval_batchnorm(f64):
 
 @pytest.mark.parametrize("train", [True, False])
 def test_whole_model_fused_channels_last_equals_module_path(train, f64):
-    """A whole QLNet on the default path (fused cores, channels_last inside, eval-mode BN folding of the
+    """A whole QLNet on the fused path (fused cores, channels_last inside, eval-mode BN folding of the
     stem and skips) against the same weights run module by module in NCHW: logits and every gradient."""
     from pdenets.models import create_model
 
     torch.manual_seed(6)
     ref = create_model("qlnet18_eq3_small", num_classes=5, zero_init_last=False, fused=False, channels_last=False)
     randomize_bn(ref, seed=7)
-    fus = create_model("qlnet18_eq3_small", num_classes=5, zero_init_last=False, fused=None, channels_last=True)
+    fus = create_model("qlnet18_eq3_small", num_classes=5, zero_init_last=False, fused=True, channels_last=True)
     fus.load_state_dict(ref.state_dict())
     ref.train(train)
     fus.train(train)
@@ -289,6 +289,29 @@ def test_compiled_path_equals_reference(layout):
         assert _max_diff(_run(ref, x, g), _run(compiled, x, g)) <= 1e-10
     assert "pdenets.derivative_bn.default" in seen and "pdenets.derivative_bn_backward.default" in seen
     assert groups and set(groups) == {1}  # only the 1×1 convs A and the skip: the core was not decomposed
+
+
+def test_compiled_default_path_equals_reference(f64):
+    """``fused=None`` under ``torch.compile`` takes the path AUTO_FUSED names for compiled modes (decided while
+    dynamo traces) and equals the module path in float64 (≤ 1e-10), training and eval mode, channels_last."""
+    from pdenets.layers.fused import AUTO_FUSED
+
+    ref, fus, x, g = _layout_pair(torch.float64, "channels_last")
+    fus.fused = None
+    ops: list[str] = []
+
+    def record(gm, _inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    compiled = torch.compile(fus, backend=record, fullgraph=True)
+    torch._dynamo.reset()
+    for train in (True, False):
+        ref.train(train)
+        fus.train(train)
+        ops.clear()
+        assert _max_diff(_run(ref, x, g), _run(compiled, x, g)) <= 1e-10
+        assert any("derivative_bn" in t for t in ops) == AUTO_FUSED[(train, True)]
 
 
 def test_custom_op_opcheck(f64):

@@ -30,16 +30,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thre
 
 # name, constructor overrides, the custom autograd Function its eager training path runs (None: none)
 CASES = {
-    "eq3": ("qlnet18_eq3_small", {}, "pdenets_derivative_bn"),  # fused=None: the fused path wherever possible
+    "eq3": ("qlnet18_eq3_small", dict(fused=True), "pdenets_derivative_bn"),  # the fused core (custom op)
     "eq3p-fused": ("qlnet18_eq3p_small", dict(fused=True), "pdenets_derivative_bn"),
-    "eq4": ("qlnet18_eq4_small", {}, "pdenets_derivative_bn"),
-    "eq5": ("qlnet18_eq5_small", {}, "pdenets_derivative_bn"),
-    "eq6": ("qlnet18_eq6_small", {}, "pdenets_derivative_bn"),
-    "eq7": ("qlnet18_eq7_nows_x6_small", {}, "pdenets_derivative_bn"),
+    "eq4": ("qlnet18_eq4_small", dict(fused=True), "pdenets_derivative_bn"),
+    "eq5": ("qlnet18_eq5_small", dict(fused=True), "pdenets_derivative_bn"),
+    "eq6": ("qlnet18_eq6_small", dict(fused=True), "pdenets_derivative_bn"),
+    "eq7": ("qlnet18_eq7_nows_x6_small", dict(fused=True), "pdenets_derivative_bn"),
     "eq3-hardball-all": ("qlnet18_eq3_small", dict(act="hardball", act_placement="all", fused=True),
                          "pdenets_derivative_bn"),
     "eq3-varcoef": ("qlnet18_eq3_varcoef_small", {}, None),
-    "eq3-imagenet-stem": ("qlnet18_eq3", {}, "pdenets_derivative_bn"),  # 7×7/2 conv + max-pool stem, at 64 px
+    "eq3-imagenet-stem": ("qlnet18_eq3", dict(fused=True), "pdenets_derivative_bn"),  # 7×7/2 stem + max-pool, 64 px
     "rh-hamiltonian-rev": ("rh_hamiltonian_small", dict(reversible=True), "ReversibleUnitFn"),
     "rh-parabolic": ("rh_parabolic_small", {}, None),
     "rh-second-order-rev": ("rh_second_order_small", dict(reversible=True), "ReversibleUnitFn"),

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 __all__ = ["REDISCRETIZE_KEYS", "rediscretize", "time_grid"]
 
-REDISCRETIZE_KEYS = ("steps", "h", "factor", "scheme")
+REDISCRETIZE_KEYS = ("steps", "h", "factor", "scheme", "interpolation")
 
 
 def time_grid(model: nn.Module) -> dict[str, Any]:
@@ -34,10 +34,13 @@ def time_grid(model: nn.Module) -> dict[str, Any]:
 
 
 def rediscretize(model: nn.Module, steps: int | list[int] | None = None, h: float | None = None,
-                 factor: float | None = None, scheme: str | None = None) -> nn.Module:
+                 factor: float | None = None, scheme: str | None = None, interpolation: str = "constant") -> nn.Module:
     """``model`` on another time grid: ``steps`` (int, or one per RH stage), ``h``, ``factor`` (f× the steps,
     h/f), ``scheme`` (see :mod:`pdenets.dynamics.schemes`); see :func:`pdenets.dynamics.schemes.new_time_grid`
-    for how they combine. Returns a new model in the same mode, with ``model``'s edit history plus this edit.
+    for how they combine. ``interpolation``: 'constant' (default) keeps θ(t) as the network integrates it,
+    piecewise constant on its steps — the same ODE, so with a whole factor only the discretisation error changes
+    the output —; 'linear' interpolates θ between the steps (the shallow-to-deep rule of ``pdenets rh deepen``).
+    Returns a new model in the same mode, with ``model``'s edit history plus this edit.
 
     Raises ValueError for a model without a time grid or an impossible request."""
     from pdenets.artifacts import EDITS_ATTR, add_edit, edits
@@ -48,7 +51,7 @@ def rediscretize(model: nn.Module, steps: int | list[int] | None = None, h: floa
     fn = getattr(model, "rediscretized", None)
     if not callable(fn):
         raise ValueError(f"{type(model).__name__} cannot be re-discretised")
-    new = fn(steps=steps, h=h, factor=factor, scheme=scheme)
+    new = fn(steps=steps, h=h, factor=factor, scheme=scheme, interpolation=interpolation)
     new.__dict__[EDITS_ATTR] = edits(model)
-    add_edit(new, "rediscretize", before=before, after=time_grid(new))
+    add_edit(new, "rediscretize", before=before, after=time_grid(new), interpolation=interpolation)
     return new

@@ -290,9 +290,10 @@ def deepen(model: nn.Module) -> nn.Module:
     return model
 
 
-def deepened(model: nn.Module, factor: float = 2) -> nn.Module:
+def deepened(model: nn.Module, factor: float = 2, interpolation: str = "linear") -> nn.Module:
     """A new network with every unit refined in time (``factor``× the steps, h/factor, θ(t) linearly
-    interpolated; factor 2 is :func:`deepen` of a copy): :func:`pdenets.analysis.rediscretize.rediscretize`,
+    interpolated — factor 2 is :func:`deepen` of a copy — or held, ``interpolation='constant'``):
+    :func:`pdenets.analysis.rediscretize.rediscretize`,
     built by :func:`pdenets.create_model` from ``model``'s build record, so that it carries its own build
     record and the ``rediscretize`` edit (and can be trained, saved and reloaded)."""
     from pdenets.analysis.rediscretize import rediscretize
@@ -300,7 +301,7 @@ def deepened(model: nn.Module, factor: float = 2) -> nn.Module:
 
     if build_record(model) is None:
         raise ValueError("deepened() needs a model built by pdenets.create_model (it carries a build record)")
-    return rediscretize(model, factor=factor)
+    return rediscretize(model, factor=factor, interpolation=interpolation)
 
 
 def function_change(a: nn.Module, b: nn.Module, x: torch.Tensor) -> dict[str, float]:

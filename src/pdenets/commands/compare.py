@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -88,8 +89,14 @@ def run(args: argparse.Namespace) -> int:
     models = parse_models(args.models, args.layout or default_layout(img))
     argv = sys.argv[1:] if "compare" in sys.argv[1:] else None
     command = "pdenets " + " ".join(shlex.quote(a) for a in argv) if argv else None
-    table = run_comparison(args.out, models, seeds, ov, kwargs, overwrite=bool(args.overwrite), command=command)
-    if table is not None and args.out:
+    from pdenets.train.distributed import cleanup, init_distributed
+
+    group = init_distributed(ov.get("device", "auto"))  # under torchrun: one process group for all runs
+    try:
+        run_comparison(args.out, models, seeds, ov, kwargs, overwrite=bool(args.overwrite), command=command)
+    finally:
+        cleanup(group)
+    if os.environ.get("RANK", "0") == "0":
         from pathlib import Path
 
         md = Path(args.out) / "table.md"

@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("-m", "--model-kwarg", type=model_kwarg, action="append", default=[], metavar="KEY=VALUE",
                    help="re-discretise an ODE/PDE network (rh_*, ruseckas_*) before evaluating it: steps=N (int, or a "
                    "list per stage; T kept unless h is given), h=H, factor=F (F x the steps, h/F), scheme=NAME "
-                   "(e.g. rk4, stormer_verlet, leapfrog; docs/design.md §14); repeatable")
+                   "(e.g. rk4, stormer_verlet, leapfrog), interpolation=constant (default: theta held on the trained "
+                   "steps, the same ODE) or linear (docs/design.md §14); repeatable")
     p.add_argument("--save-model", metavar="DIR", help="also write the evaluated (re-discretised) model as an artifact "
                    "to DIR, e.g. to fine-tune it at the new steps with `pdenets train --init-from DIR`")
     p.set_defaults(func=run)

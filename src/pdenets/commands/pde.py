@@ -86,7 +86,9 @@ def _load_model(args: argparse.Namespace):
 
     from pdenets.models import create_model, list_models
 
-    if args.model not in list_models():
+    import timm
+
+    if args.model not in list_models() and not timm.is_model(args.model):  # pdenets' models and timm's
         raise UsageError(f"--model {args.model!r} is not a registered model (see `pdenets models`)")
     torch.manual_seed(args.seed)
     with torch.no_grad():

@@ -92,6 +92,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     d.add_argument("--h", type=positive_float, default=1.0, help="time step size before deepening (default 1)")
     d.add_argument("--factor", type=positive_int, default=2,
                    help="refine every unit to FACTOR x the steps, h/FACTOR (default 2; theta interpolated in time)")
+    d.add_argument("--interpolation", choices=("linear", "constant"), default="linear",
+                   help="theta between the old steps: linear (default, the shallow-to-deep rule) or constant (held: "
+                   "the trained ODE itself, docs/design.md §14)")
     d.add_argument("--scheme", default=None, help="time-stepping scheme of the units (default: the paper's; e.g. "
                    "rk4, stormer_verlet, leapfrog; docs/design.md §14)")
     d.set_defaults(rh_func=run_deepen)
@@ -246,8 +249,9 @@ def run_deepen(args: argparse.Namespace) -> int:
         raise UsageError(f"--scheme {args.scheme}: {e}") from None
     n = len(data.y_train)
     model, s = train(model, data.splits(), _config(args, model, n, args.train_steps, out / "runs" / "train"))
-    deep = deepened(model, args.factor)
-    res = dict(network=args.network, scheme=model.units()[0].scheme_name, h_before=args.h,
+    deep = deepened(model, args.factor, args.interpolation)
+    res = dict(network=args.network, scheme=model.units()[0].scheme_name, interpolation=args.interpolation,
+               h_before=args.h,
                steps_before=[u.steps for u in model.units()],
                steps_after=[u.steps for u in deep.units()], train_steps=s["steps"], val_acc=s["val_top1"] / 100,
                acc_before=s["test_top1"] / 100, acc_after=_test_acc(deep, data),

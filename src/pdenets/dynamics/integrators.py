@@ -312,12 +312,12 @@ def create_unit(dynamics: str, channels: int, steps: int = 3, h: float = 1.0, re
 
 
 @torch.no_grad()
-def transfer_in_time(src: PDEUnit, dst: PDEUnit) -> PDEUnit:
-    """Load into ``dst`` the θ(t) of ``src`` resampled to ``dst.steps`` steps (θ piecewise linear in the
-    fraction s = t/T of the unit, :func:`~pdenets.dynamics.schemes.interpolation_weights`); every floating state
-    of the step layers (K, biases, normalisation weights and running statistics) is interpolated, counters are
-    copied. Returns ``dst``."""
-    for k, (a, b, w) in enumerate(interpolation_weights(src.steps, dst.steps)):
+def transfer_in_time(src: PDEUnit, dst: PDEUnit, interpolation: str = "linear") -> PDEUnit:
+    """Load into ``dst`` the θ(t) of ``src`` resampled to ``dst.steps`` steps (``interpolation`` 'linear': θ
+    piecewise linear in the fraction s = t/T of the unit; 'constant': θ held on the original steps;
+    :func:`~pdenets.dynamics.schemes.interpolation_weights`); every floating state of the step layers (K, biases,
+    normalisation weights and running statistics) is interpolated, counters are copied. Returns ``dst``."""
+    for k, (a, b, w) in enumerate(interpolation_weights(src.steps, dst.steps, interpolation)):
         for d, sa, sb in zip(dst.step_layers(k), src.step_layers(a), src.step_layers(b)):
             va, vb, sd = sa.state_dict(), sb.state_dict(), d.state_dict()
             for key in sd:
@@ -328,14 +328,16 @@ def transfer_in_time(src: PDEUnit, dst: PDEUnit) -> PDEUnit:
 
 
 @torch.no_grad()
-def resample_in_time(unit: PDEUnit, steps: int, h: float, scheme: str | None = None) -> PDEUnit:
+def resample_in_time(unit: PDEUnit, steps: int, h: float, scheme: str | None = None,
+                     interpolation: str = "linear") -> PDEUnit:
     """A new unit with ``steps`` steps of size ``h`` (and ``scheme``, default the unit's own) whose θ is the
-    unit's θ(t) resampled (:func:`transfer_in_time`). With steps·h = unit.steps·unit.h the end time T is kept,
-    so the network's function changes only by the discretisation error (docs/design.md §14)."""
+    unit's θ(t) resampled (:func:`transfer_in_time`). With steps·h = unit.steps·unit.h the end time T is kept;
+    with ``interpolation='constant'`` and a whole factor the network's function then changes only by the
+    discretisation error (docs/design.md §14)."""
     p = next(unit.parameters())
     new = create_unit(unit.dynamics, unit.channels, steps=steps, h=h, reversible=unit.reversible,
                       scheme=scheme or unit.scheme_name, **_layer_kwargs(unit))
-    new = transfer_in_time(unit, new.to(p.device, p.dtype))
+    new = transfer_in_time(unit, new.to(p.device, p.dtype), interpolation)
     new.train(unit.training)
     return new
 

@@ -51,9 +51,9 @@ import torch
 State = tuple[torch.Tensor, ...]
 KINDS = ("first_order", "hamiltonian", "second_order")
 
-__all__ = ["KINDS", "SCHEMES", "ForwardEuler", "Leapfrog", "LeapfrogFirstOrderStart", "LinearMultistep2", "RK4",
-           "Scheme", "StormerVerlet", "SymplecticEuler", "create_scheme", "interpolation_weights", "new_time_grid",
-           "resample_sequence", "schemes_for"]
+__all__ = ["INTERPOLATIONS", "KINDS", "SCHEMES", "ForwardEuler", "Leapfrog", "LeapfrogFirstOrderStart",
+           "LinearMultistep2", "RK4", "Scheme", "StormerVerlet", "SymplecticEuler", "create_scheme",
+           "interpolation_weights", "new_time_grid", "resample_sequence", "schemes_for"]
 
 
 def _axpy(u: State, a: Any, k: State) -> State:
@@ -287,26 +287,40 @@ def create_scheme(name: str, kind: str) -> Scheme:
 # ---- θ(t) on another time grid (re-discretisation, docs/design.md §14) --------------------------------------
 
 
-def interpolation_weights(old_steps: int, new_steps: int) -> list[tuple[int, int, float]]:
-    """(a, b, w) for each new step k: θ'_k = (1 − w) θ_a + w θ_b, the piecewise-linear θ(s) of the old steps
-    (θ_j at s = j / old_steps, held constant after the last) sampled at s = k / new_steps. For new_steps =
-    2·old_steps this is the shallow-to-deep rule (even k copy θ_{k/2}, odd k average the neighbours)."""
+INTERPOLATIONS = ("constant", "linear")
+
+
+def interpolation_weights(old_steps: int, new_steps: int, mode: str = "linear") -> list[tuple[int, int, float]]:
+    """(a, b, w) for each new step k: θ'_k = (1 − w) θ_a + w θ_b.
+
+    ``'linear'``: the piecewise-linear θ(s) through θ_j at s = j / old_steps (held constant after the last),
+    sampled at s = k / new_steps; for new_steps = 2·old_steps this is the shallow-to-deep rule (even k copy
+    θ_{k/2}, odd k average the neighbours). ``'constant'``: θ(t) as the network integrates it, piecewise constant
+    on [t_j, t_{j+1}), sampled at the new step's midpoint s = (k + ½) / new_steps; for a whole factor the new
+    network integrates exactly the same θ(t), so its output changes by the discretisation error only."""
     if old_steps < 1 or new_steps < 1:
         raise ValueError(f"step counts must be positive, got {old_steps} and {new_steps}")
+    if mode not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {mode!r}")
     out = []
     for k in range(new_steps):
+        if mode == "constant":
+            a = ((2 * k + 1) * old_steps) // (2 * new_steps)
+            out.append((a, a, 0.0))
+            continue
         a, rem = divmod(k * old_steps, new_steps)
         b = a if rem == 0 else min(a + 1, old_steps - 1)
         out.append((a, b, rem / new_steps if b != a else 0.0))
     return out
 
 
-def resample_sequence(seq: list[torch.Tensor] | torch.Tensor, new_steps: int) -> list[torch.Tensor]:
+def resample_sequence(seq: list[torch.Tensor] | torch.Tensor, new_steps: int,
+                      mode: str = "linear") -> list[torch.Tensor]:
     """θ_0 … θ_{N−1} (a list, or a tensor stacked over dim 0) resampled to ``new_steps`` steps by
-    :func:`interpolation_weights`; integer tensors (counters) are copied from θ_a."""
+    :func:`interpolation_weights` (``mode``); integer tensors (counters) are copied from θ_a."""
     items = list(seq.unbind(0)) if isinstance(seq, torch.Tensor) else list(seq)
     out = []
-    for a, b, w in interpolation_weights(len(items), new_steps):
+    for a, b, w in interpolation_weights(len(items), new_steps, mode):
         va, vb = items[a], items[b]
         if not va.is_floating_point():
             out.append(va.clone())

@@ -119,7 +119,10 @@ def _split_top(text: str) -> list[str]:
     """``text`` split at the commas outside brackets (``a:widths=[8,8],b`` → two items)."""
     items, depth, cur = [], 0, ""
     for ch in text:
-        depth += ch in "[{(" and 1 or (-1 if ch in "]})" else 0)
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
         if ch == "," and depth == 0:
             items.append(cur)
             cur = ""
@@ -315,6 +318,11 @@ def finished_summary(run_dir: Path) -> dict[str, Any] | None:
     return s if isinstance(s, dict) and s.get("status") in FINAL else None
 
 
+def _resumable(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint that ``resume='auto'`` continues from."""
+    return any((run_dir / "checkpoints" / n / "state.pt").is_file() for n in ("last", "last.old"))
+
+
 def _run_record(s: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
     run = Path(s.get("run_dir", ""))
     return dict(seed=seed, status=s.get("status"), test_top1=s.get("test_top1"), val_top1=s.get("val_top1"),
@@ -345,6 +353,8 @@ class _Row:
 
 def _make_row(spec: ModelSpec, model_kwargs: dict[str, Any], cfg: Any, img: int) -> _Row:
     """Label, activation, parameters and GMACs (one image, meta device: :mod:`pdenets.models.stats`)."""
+    import torch
+
     from pdenets.datasets import dataset_info
     from pdenets.models.stats import model_stats
     from pdenets.train.build import build_model, model_create_kwargs
@@ -352,8 +362,6 @@ def _make_row(spec: ModelSpec, model_kwargs: dict[str, Any], cfg: Any, img: int)
     info = dataset_info(cfg.dataset, cfg.data_dir)
     kw = {**model_kwargs, **spec.kwargs}
     full = model_create_kwargs(spec.name, info, kw)
-    import torch
-
     with torch.device("meta"):
         build_model(spec.name, full)  # unknown names and refused arguments: one line, before any training
     st = model_stats(spec.name, input_shape=(1, info.in_chans, img, img), **full)
@@ -392,21 +400,21 @@ def run_comparison(out: str | os.PathLike, models: Sequence[ModelSpec], seeds: S
     from pdenets.train.trainer import train
 
     out, overrides, model_kwargs = Path(out), dict(overrides or {}), dict(model_kwargs or {})
-    log = log or (lambda line: print(line, flush=True))
     if not models or not seeds:
         raise UsageError("a comparison needs at least one model and one seed")
     t0, c0 = time.time(), time.process_time()
     template = run_config(overrides, models[0], seeds[0], out / "runs" / "template", model_kwargs, fresh=True)
     img, settings = image_size(template), settings_of(template, model_kwargs)
+    rows = [_make_row(s, model_kwargs, template, img) for s in models]  # unknown models, refused arguments: now
     main = os.environ.get("RANK", "0") == "0"
+    log = log or ((lambda line: print(line, flush=True)) if main else (lambda line: None))
+    check_settings(out, settings, overwrite)
     lock = RunLock(out).acquire() if main else None
     try:
-        check_settings(out, settings, overwrite)
         if main:
             from pdenets.train.checkpoint import atomic_write_text
 
             atomic_write_text(out / "compare.json", json.dumps(dict(settings=settings, command=command), indent=2))
-        rows = [_make_row(s, model_kwargs, template, img) for s in models]
         total, i = len(models) * len(seeds), 0
         for row in rows:
             for seed in seeds:
@@ -415,7 +423,7 @@ def run_comparison(out: str | os.PathLike, models: Sequence[ModelSpec], seeds: S
                 s = None if overwrite else finished_summary(run_dir)
                 how = "reused"
                 if s is None:
-                    how = "resumed" if (run_dir / "checkpoints").is_dir() and not overwrite else "trained"
+                    how = "resumed" if not overwrite and _resumable(run_dir) else "trained"
                     s = train(run_config(overrides, row.spec, seed, run_dir, model_kwargs, fresh=overwrite))
                 row.runs[seed] = _run_record(s, seed, out)
                 top = s.get("test_top1")

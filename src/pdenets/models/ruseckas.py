@@ -40,7 +40,7 @@ Training needs, as model-side options that every trainer applies (:class:`pdenet
 * :meth:`~_OdeStack.param_lr_scales` — ``{'gamma': gamma_lr_scale}`` for a learnable γ̃: ∂𝓛/∂γ̃ sums over
   all L layers (Eq. 71), so with a shared learning rate γ̃ would move L times faster than any one layer's
   parameters (constructor option ``gamma_lr_scale``; the registered models' defaults are those of the
-  README's runs: 0.001 for model 1, 0.1 for the conv net);
+  README's runs: 1 for model 1 — at 0.001 γ̃ stays ≈ 0 —, 0.1 for the conv net);
 * :meth:`~_OdeStack.constrain_` — clamps γ̃ ≥ 0 (a friction, Eq. 52: γ > 0) after every optimizer step.
 
 Registered models (``pdenets.create_model``):
@@ -206,12 +206,14 @@ class _OdeStack(nn.Module):
     # -- re-discretisation (docs/design.md §14) ------------------------------------------------------------
     @torch.no_grad()
     def rediscretized(self, steps: int | None = None, h: float | None = None, factor: float | None = None,
-                      scheme: str | None = None) -> _OdeStack:
+                      scheme: str | None = None, interpolation: str = "constant") -> _OdeStack:
         """The same ODE on another time grid: a new network (built by :func:`pdenets.create_model` from this
         one's build record) with ``steps`` layers of step ``h`` (see :func:`~pdenets.dynamics.schemes.new_time_grid`;
         ``steps`` alone keeps T) and ``scheme`` (default: this one's).
 
-        w(t), b(t) are resampled in time (piecewise linear in t/T) and the scaled parameters of Eq. (110)
+        w(t), b(t) are resampled in time (``interpolation`` 'constant', the default: held on the trained layers,
+        the same ODE; 'linear': piecewise linear in t/T; :func:`~pdenets.dynamics.schemes.interpolation_weights`)
+        and the scaled parameters of Eq. (110)
         rescaled to the new step: W̃' = (h'/h) W̃(t), b̃' = (h'/h) b̃(t), γ̃' = (h'/h) γ̃; the k_l of Eq. (111) are
         resampled unscaled (k_0 taken as k_1). A learnable T is kept at its value (or N'·h' if h is given)."""
         rec = build_record(self)
@@ -225,12 +227,12 @@ class _OdeStack(nn.Module):
         p = self.weight
         new = new.to(p.device, p.dtype)
         r = h_new / self.h
-        new.weight.copy_(r * torch.stack(resample_sequence(self.weight, n_new)))
-        new.bias.copy_(r * torch.stack(resample_sequence(self.bias, n_new)))
+        new.weight.copy_(r * torch.stack(resample_sequence(self.weight, n_new, interpolation)))
+        new.bias.copy_(r * torch.stack(resample_sequence(self.bias, n_new, interpolation)))
         new.gamma.copy_(r * self.gamma)
         if new.k is not None and self.k is not None and self.k.numel() and new.k.numel():
             full = torch.cat([self.k[:1], self.k])  # k_0 := k_1 (k_0 itself is not a parameter)
-            new.k.copy_(torch.stack(resample_sequence(full, n_new))[1:])
+            new.k.copy_(torch.stack(resample_sequence(full, n_new, interpolation))[1:])
         return new.train(self.training)
 
 
@@ -427,8 +429,8 @@ class OdeConvNet(_OdeStack):
 
 @register_model
 def ruseckas_circles_r2(num_classes: int = 2, in_features: int = 2, **kwargs: Any) -> OdeNet:
-    """Model 1 of §5.1: R², L = 100, learnable γ̃ (init 0, lr factor 0.001), softmax of x⁽ᴸ⁾ — 601 parameters."""
-    args: dict[str, Any] = dict(width=2, depth=100, gamma=0.0, learn_gamma=True, head="softmax", gamma_lr_scale=1e-3)
+    """Model 1 of §5.1: R², L = 100, learnable γ̃ (init 0, lr factor 1), softmax of x⁽ᴸ⁾ — 601 parameters."""
+    args: dict[str, Any] = dict(width=2, depth=100, gamma=0.0, learn_gamma=True, head="softmax", gamma_lr_scale=1.0)
     args.update(kwargs)
     return OdeNet(in_features=in_features, num_classes=num_classes, **args)
 

@@ -169,14 +169,16 @@ class RHNet(TimmClassifierMixin, nn.Module):
 
     @torch.no_grad()
     def rediscretized(self, steps: int | Sequence[int] | None = None, h: float | None = None,
-                      factor: float | None = None, scheme: str | None = None) -> RHNet:
+                      factor: float | None = None, scheme: str | None = None,
+                      interpolation: str = "constant") -> RHNet:
         """The same network on another time grid (docs/design.md §14): a new RHNet, built by
         :func:`pdenets.create_model` from this one's build record with the new ``steps`` (int, or one per stage)
         and ``h`` (:func:`~pdenets.dynamics.schemes.new_time_grid`: ``factor`` f gives f× the steps and h/f,
         ``steps`` alone keeps every unit's T = N h) and ``scheme`` (default: this one's), whose θ(t) is this
-        one's resampled in time (:func:`~pdenets.dynamics.integrators.transfer_in_time`; any factor, not only
-        2×). Everything outside the units is copied. A reversible network keeps ``reversible`` only if the new
-        scheme is reversible (it changes memory, not the function)."""
+        one's resampled in time (:func:`~pdenets.dynamics.integrators.transfer_in_time`, any factor):
+        ``interpolation='constant'`` (default) keeps θ(t) piecewise constant on the trained steps — the same ODE —,
+        ``'linear'`` interpolates between them (shallow-to-deep). Everything outside the units is copied. A
+        reversible network keeps ``reversible`` only if the new scheme is reversible (memory, not function)."""
         rec = build_record(self)
         if rec is None:
             raise ValueError("RHNet.rediscretized needs a model built by pdenets.create_model (a build record)")
@@ -198,7 +200,7 @@ class RHNet(TimmClassifierMixin, nn.Module):
             raise ValueError(f"cannot re-discretise: the rebuilt network differs outside its units ({missing[:3]}, "
                              f"{unexpected[:3]})")
         for name, unit in units.items():
-            transfer_in_time(unit, new_units[name])
+            transfer_in_time(unit, new_units[name], interpolation)
         return new.train(self.training)
 
     def set_reversible(self, enable: bool = True) -> None:

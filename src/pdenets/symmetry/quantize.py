@@ -47,6 +47,7 @@ class QuantConfig:
     learn_steps: int = 100
     learn_lr: float = 0.005
     learn_batch: int = 64
+    learn_score_every: int = 10
     calib_batch: int = 128
     ort_threads: int = 2
     latency_batch: int = 8
@@ -111,12 +112,19 @@ class _Run:
         self.shape = (cfg.latency_batch, *x.shape[1:])
         self.float_latency = self._float_onnx(f32)
 
-    def _float_onnx(self, f32: nn.Module) -> float:
+    def _float_onnx(self, f32: nn.Module) -> dict[str, float]:
+        """onnxruntime latency of the float model as ``pdenets export`` writes it (``float.onnx``) and in the integer
+        model's layout (``float_split.onnx``: the simulation in float mode, derivative convs as multiplier-1
+        depthwise convs), in ms."""
         from pdenets.export.files import export_onnx
 
-        path = export_onnx(f32, self.out / "float.onnx", self.shape, fold=False).path
-        return ort_latency(ort_session(path, self.cfg.ort_threads), self.x[: self.cfg.latency_batch].float(),
-                           self.cfg.latency_repeats)
+        split = instrument(f32, self.cfg.weight_bits, None).set_mode("float").module
+        paths = dict(grouped=export_onnx(f32, self.out / "float.onnx", self.shape, fold=False).path,
+                     split=export_onnx(split, self.out / "float_split.onnx", self.shape, exporter="dynamo",
+                                       fold=False).path)
+        xb = self.x[: self.cfg.latency_batch].float()
+        return {k: ort_latency(ort_session(p, self.cfg.ort_threads), xb, self.cfg.latency_repeats)
+                for k, p in paths.items()}
 
     def score(self, element: GroupElement) -> float:
         """The measured output error of the static integer model on the calibration images."""
@@ -141,7 +149,7 @@ class _Run:
                     float_check_passed=float_diff <= FLOAT_CHECK_RTOL,
                     reference_max_abs_diff=float((y_int - y_ref).abs().max()), output_step=step,
                     reference_max_steps=float((y_int - y_ref).abs().max() / step) if step else None,
-                    latency_ms_float=self.float_latency,
+                    latency_ms_float=self.float_latency["split"], latency_ms_float_export=self.float_latency["grouped"],
                     latency_ms_int=ort_latency(sess, self.x[: self.cfg.latency_batch], self.cfg.latency_repeats),
                     onnx=exp.path.name, exporter=exp.exporter, int8_weights=exp.int_weights,
                     int32_biases=exp.int_biases, integer_kernels={k: v for k, v in ops.items() if k in INTEGER_OPS},
@@ -170,10 +178,10 @@ def _learned(run: _Run) -> dict[str, Any]:
     dyn = instrument(run.folded, cfg.weight_bits, cfg.act_bits, cfg.first_last_bits).set_mode("dynamic")
     dyn.module.float()
     res = learn_rotation(run.folded, run.analysis, dyn.module, run.calib, init, run.score, cfg.learn_steps,
-                         cfg.learn_lr, batch=cfg.learn_batch, generator=torch.Generator().manual_seed(cfg.seed))
+                         cfg.learn_lr, cfg.learn_score_every, cfg.learn_batch, torch.Generator().manual_seed(cfg.seed))
     entry = run.evaluate("learned", res.element)
     entry["learn"] = dict(init="hadamard", steps=cfg.learn_steps, lr=cfg.learn_lr, batch=cfg.learn_batch,
-                          best_step=res.best_step,
+                          score_every=cfg.learn_score_every, best_step=res.best_step,
                           calib_scores=res.scores, loss_first=res.losses[0] if res.losses else None,
                           loss_last=res.losses[-1] if res.losses else None)
     return entry
@@ -194,7 +202,7 @@ def quantize_report(model: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: t
         rotated_segments=[dict(index=s.index, name=s.name, width=s.width, group=s.group)
                           for s in run.analysis.segments if s.index in rotatable(run.analysis)],
         segments=[dict(index=s.index, name=s.name, width=s.width, group=s.group) for s in run.analysis.segments],
-        float_onnx="float.onnx", rotations={})
+        float_onnx="float.onnx", float_onnx_split="float_split.onnx", rotations={})
     for r in rotations:
         progress(f"rotation {r} ...")
         if r == "random":

@@ -20,6 +20,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this DistInfo's init_distributed started the process group (cleanup ends it)
 
     @property
     def distributed(self) -> bool:
@@ -39,16 +40,20 @@ def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
-    """Read torchrun's environment, start the process group if needed and choose the device."""
+    """Read torchrun's environment, start the process group if needed and choose the device. A group that is
+    already running (started by a caller that runs several trainings, e.g. ``pdenets compare``) is used, and left
+    running by :func:`cleanup`: starting a gloo group again after destroying one can hang when the ranks arrive
+    at different times."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local_rank, dev)
+    return DistInfo(rank, world, local_rank, dev, owns)
 
 
 def barrier(info: DistInfo) -> None:
@@ -72,5 +77,6 @@ def broadcast_object(obj, info: DistInfo):
 
 
 def cleanup(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
+    """End the process group if ``info``'s :func:`init_distributed` started it."""
+    if info.distributed and info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
