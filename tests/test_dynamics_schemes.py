@@ -318,3 +318,26 @@ def test_learnable_final_time(f64, tmp_path):
     save_artifact(m, tmp_path / "t")
     back = pdenets.load(tmp_path / "t")
     torch.testing.assert_close(back.double()(x), m.eval()(x))
+
+
+def test_rh_tv_is_the_quadrature_of_eq11(f64):
+    """rh-tv = α₁ h Σ [φ_ε(Δθ/h) − √ε]: zero for θ constant in time, and for θ linear in t the same value after a
+    2× refinement (h/2, twice the differences of half the size; the held last step adds φ_ε(0) − √ε = 0) — the
+    discretised ∫ φ_ε(∂ₜθ) dt does not depend on h, where the paper's δ_t = 1 sum Σ φ_ε(Δθ) would."""
+    from pdenets.dynamics import refine_in_time
+    from pdenets.regularizers import TV_EPS, tv_in_time
+
+    torch.manual_seed(7)
+    unit = create_unit("parabolic", 3, steps=4, h=0.5, norm="none")
+    slope = [torch.randn_like(p) for p in unit.step_layers(0)[0].parameters()]
+    for j in range(4):
+        for p, p0, d in zip(unit.step_layers(j)[0].parameters(), unit.step_layers(0)[0].parameters(), slope):
+            p.data = p0.data + 0.3 * j * d
+    value = tv_in_time(unit).item()
+    ref = sum(3 * 0.5 * float((torch.sqrt((0.3 * d / 0.5) ** 2 + TV_EPS) - TV_EPS**0.5).sum()) for d in slope)
+    assert value == pytest.approx(ref, rel=1e-12)
+    assert tv_in_time(refine_in_time(unit)).item() == pytest.approx(value, rel=1e-12)
+    const = create_unit("parabolic", 3, steps=4, h=0.5, norm="none")
+    for j in range(1, 4):
+        const.step_layers(j)[0].load_state_dict(const.step_layers(0)[0].state_dict())
+    assert tv_in_time(const).item() == 0.0

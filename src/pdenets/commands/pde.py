@@ -82,11 +82,10 @@ def _load_model(args: argparse.Namespace):
     if args.checkpoint:
         model, meta = load_checkpoint(args.checkpoint, args.which)
         return model, meta["file"]
+    import timm
     import torch
 
     from pdenets.models import create_model, list_models
-
-    import timm
 
     if args.model not in list_models() and not timm.is_model(args.model):  # pdenets' models and timm's
         raise UsageError(f"--model {args.model!r} is not a registered model (see `pdenets models`)")

@@ -59,6 +59,23 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "in OUT/runs (refused without it)")
 
 
+def _add_dynamics_parser(rs) -> None:
+    """``pdenets rh dynamics``: feature norm and energy against the time step."""
+    y = rs.add_parser("dynamics", help="feature norm and energy of a network against the time step (figure)",
+                      description="Run test images through an RH network unit by unit and step by step; plot the mean "
+                      "feature norm and the energy (Hamiltonian H = -P1(Z) - P2(Y), second-order 1/2|Y'|^2 + P, "
+                      "parabolic P; defined without instance norm) against the time step. Writes dynamics.png and "
+                      "dynamics.json to --out.")
+    ysrc = y.add_mutually_exclusive_group(required=True)
+    ysrc.add_argument("--checkpoint", "-c", metavar="PATH", help="a trained RH network (run, checkpoint, artifact)")
+    ysrc.add_argument("--network", choices=NETWORKS, help="an untrained rh_<network>_small (digits)")
+    y.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run (default best)")
+    y.add_argument("--samples", type=positive_int, default=64, help="test images (default 64)")
+    y.add_argument("--seed", type=seed_int, default=0, help="seed of an untrained --network")
+    y.add_argument("--out", default="runs/rh-dynamics", help="output folder (default runs/rh-dynamics)")
+    y.set_defaults(rh_func=run_dynamics)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "rh", help="Ruthotto-Haber experiments: accuracy vs data (Fig. 2), confusion (Fig. 3), multiscale, ...",
@@ -114,19 +131,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     pl.add_argument("--title", default="", help="plot title")
     pl.set_defaults(rh_func=run_plot)
 
-    y = rs.add_parser("dynamics", help="feature norm and energy of a network against the time step (figure)",
-                      description="Run test images through an RH network unit by unit and step by step; plot the mean "
-                      "feature norm and the energy (Hamiltonian H = -P1(Z) - P2(Y), second-order 1/2|Y'|^2 + P, "
-                      "parabolic P; defined without instance norm) against the time step. Writes dynamics.png and "
-                      "dynamics.json to --out.")
-    ysrc = y.add_mutually_exclusive_group(required=True)
-    ysrc.add_argument("--checkpoint", "-c", metavar="PATH", help="a trained RH network (run, checkpoint, artifact)")
-    ysrc.add_argument("--network", choices=NETWORKS, help="an untrained rh_<network>_small (digits)")
-    y.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run (default best)")
-    y.add_argument("--samples", type=positive_int, default=64, help="test images (default 64)")
-    y.add_argument("--seed", type=seed_int, default=0, help="seed of an untrained --network")
-    y.add_argument("--out", default="runs/rh-dynamics", help="output folder (default runs/rh-dynamics)")
-    y.set_defaults(rh_func=run_dynamics)
+    _add_dynamics_parser(rs)
 
     s = rs.add_parser("stability", help="Jacobian spectra and forward-stability ratios of freshly built units",
                       description="Float64 checks of the paper's stability claims at random points: parabolic "

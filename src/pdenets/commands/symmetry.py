@@ -456,7 +456,8 @@ def _add_quantize(ss: argparse._SubParsersAction) -> None:
     q.add_argument("--acts", choices=("8", "none"), default="8", help="activation bits, or none (default 8)")
     q.add_argument("--rotation", nargs="+", choices=("none", "random", "hadamard", "learned"),
                    default=["none", "random", "hadamard", "learned"], help="one or more (default: all four)")
-    q.add_argument("--seeds", type=positive_int, default=5, help="random rotations, seeds --seed ... (default 5)")
+    q.add_argument("--seeds", type=positive_int, default=5,
+                   help="draws of random and of hadamard (its signs), seeds --seed ... (default 5)")
     q.add_argument("--gptq", action="store_true", help="GPTQ-style error-compensating weight rounding")
     q.add_argument("--keep-first-last", action="store_true",
                    help="8-bit weights for the stem conv and the classifier (with --weights 4)")

@@ -190,7 +190,9 @@ def _learned(run: _Run) -> dict[str, Any]:
 def quantize_report(model: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
                     rotations: list[str], cfg: QuantConfig, out: str | Path, progress=print) -> dict[str, Any]:
     """Quantise ``model`` under each rotation choice and write ``out``/``quant_report.json`` plus the ONNX files
-    (``float.onnx``, ``NAME.int.onnx``); returns the report. ``calib``: calibration images (training split),
+    (``float.onnx``, ``float_split.onnx``, ``NAME.int.onnx``); returns the report. ``random`` and ``hadamard``
+    are drawn ``cfg.seeds`` times (seeds ``cfg.seed`` …) and reported with their spread; ``learned`` starts from
+    the Hadamard draw of ``cfg.seed``. ``calib``: calibration images (training split),
     ``x``/``y``: test images and labels. Raises ``ValueError`` for an unknown rotation or one the model does not
     admit (no O or GL segment)."""
     import json
@@ -205,16 +207,15 @@ def quantize_report(model: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: t
         float_onnx="float.onnx", float_onnx_split="float_split.onnx", rotations={})
     for r in rotations:
         progress(f"rotation {r} ...")
-        if r == "random":
+        if r in ("random", "hadamard"):  # both are random draws (a randomised Hadamard: its signs)
             seeds = [cfg.seed + i for i in range(cfg.seeds)]
-            rows = [run.evaluate(f"random_s{s}", rotation_element(run.analysis, "random",
-                                                                 torch.Generator().manual_seed(s))) for s in seeds]
+            rows = [run.evaluate(f"{r}_s{s}", rotation_element(run.analysis, r, torch.Generator().manual_seed(s)))
+                    for s in seeds]
             report["rotations"][r] = _spread(rows, seeds)
         elif r == "learned":
             report["rotations"][r] = _learned(run)
         else:
-            el = rotation_element(run.analysis, r, torch.Generator().manual_seed(cfg.seed))
-            report["rotations"][r] = run.evaluate(r, el)
+            report["rotations"][r] = run.evaluate(r, rotation_element(run.analysis, r, torch.Generator()))
     (out / "quant_report.json").write_text(json.dumps(report, indent=1))
     return report
 
