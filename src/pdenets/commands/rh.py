@@ -51,8 +51,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=2e-3, help="AdamW learning rate (default 2e-3)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the model, the data subsets and the training")
     p.add_argument("--threads", type=non_negative_int, default=1,
-                   help="torch CPU threads (default 1: a run is bit-identical for its --seed on any machine, whose "
-                   "core count would otherwise change the float reductions; 0: torch's choice)")
+                   help="torch CPU threads (default 1: a run's figures do not depend on the machine's core count, "
+                   "which changes the float reductions; 0: torch's choice)")
     p.add_argument("--out", default=None, help="output folder (default runs/rh-<command>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--overwrite", action="store_true", help="replace the training runs of an earlier invocation "
@@ -161,9 +161,9 @@ def _setup(args: argparse.Namespace, name: str):
     from pdenets.analysis.rh_experiments import load_data
 
     out = check_out(args.out if args.out is not None else f"runs/rh-{name}")
+    data = load_data(args.dataset, args.data_dir)  # refuses a bad data set before anything changes
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_data(args.dataset, args.data_dir)
     out.mkdir(parents=True, exist_ok=True)
     return data, out
 

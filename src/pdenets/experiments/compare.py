@@ -238,23 +238,47 @@ def table_markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
 
 
-def plot_table(table: dict[str, Any], path: Path) -> Path:
-    """Test top-1 against parameters (log scale), error bars ± one sample std, one labelled point per row."""
+def plot_table(table: dict[str, Any], path: Path, window: float = 15.0) -> Path:
+    """Test top-1 against parameters (log scale), error bars ± one sample std, one numbered marker per row (the
+    legend names them). Rows more than ``window`` points below the best are drawn as ▼ on the lower edge, their
+    value in the legend, so that they do not flatten the others."""
     from pdenets.utils.plotting import save_figure, subplots
 
-    fig, ax = subplots(figsize=(7.5, 5))
-    for r in (r for r in table["rows"] if r["test_top1_mean"] is not None):
-        ql = r["label"].startswith("Eq.")
-        ax.errorbar(r["params"], r["test_top1_mean"], yerr=r["test_top1_std"] or 0, fmt="o" if ql else "s",
-                    color="C0" if ql else "C3", capsize=3, ms=5)
-        ax.annotate(f"{r['label']} {r['activation'] if ql else ''}".strip(), (r["params"], r["test_top1_mean"]),
-                    textcoords="offset points", xytext=(5, 3), fontsize=7)
+    rows = [r for r in table["rows"] if r["test_top1_mean"] is not None]
+    fig, ax = subplots(figsize=(9, 5))
+    if rows:
+        best = max(r["test_top1_mean"] for r in rows)
+        shown = [r for r in rows if r["test_top1_mean"] >= best - window]
+        lo = min(r["test_top1_mean"] - (r["test_top1_std"] or 0) for r in shown) - 0.5
+        hi = min(100.0, max(r["test_top1_mean"] + (r["test_top1_std"] or 0) for r in shown)) + 0.5
+        for i, r in enumerate(rows, 1):
+            ql = r["label"].startswith("Eq.")
+            name = f"{i}. {r['label']}" + (f" {r['activation']}" if ql else "")
+            if r["test_top1_mean"] < lo:
+                below = _fmt(r["test_top1_mean"], r["test_top1_std"])
+                ax.plot(r["params"], lo, "v", color="0.4", ms=7, label=f"{name}: {below} (below the axis)")
+                y = lo
+            else:
+                ax.errorbar(r["params"], r["test_top1_mean"], yerr=r["test_top1_std"] or 0, fmt="o" if ql else "s",
+                            capsize=3, ms=5, label=name, color=f"C{(i - 1) % 10}")
+                y = r["test_top1_mean"]
+            ax.annotate(str(i), (r["params"], y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.set_ylim(lo - 0.3, hi)
+        handles, labels = ax.get_legend_handles_labels()
+        order = sorted(range(len(labels)), key=lambda k: int(labels[k].split(".")[0]))
+        ax.legend([handles[k] for k in order], [labels[k] for k in order], fontsize=7, loc="center left",
+                  bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("parameters")
     ax.set_ylabel("test top-1 (%)")
     s = table["settings"]
-    ax.set_title(f"{s['dataset']}, recipe {s.get('recipe')}, seeds {', '.join(map(str, table['seeds']))} "
-                 f"(mean ± sample std)", fontsize=9)
+    ax.set_title(f"{s['dataset']}, recipe {s.get('recipe')}, seeds {', '.join(map(str, table['seeds']))}: "
+                 f"mean ± sample std", fontsize=9)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
