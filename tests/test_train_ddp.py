@@ -26,10 +26,16 @@ def test_torchrun_two_ranks_matches_single_process(tmp_path):
 
     common = [*TINY_CLI, "--freeze-bn", "--epochs", "1", "--max-steps-per-epoch", "3", "--wd", "1e-3",
               "--sched", "none"]
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pdenets",
-         "train", *common, "--batch-size", "8", "--out", str(tmp_path / "ddp")],
-        capture_output=True, text=True, env=env(), timeout=300)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pdenets",
+            "train", *common, "--batch-size", "8", "--out", str(tmp_path / "ddp")]
+    ddp = subprocess.run(argv, capture_output=True, text=True, env=env(), timeout=300)
+    if ddp.returncode != 0 and "terminate called without an active exception" in ddp.stderr:
+        # gloo's teardown can abort a rank on a heavily loaded machine after the run has finished; the run is
+        # repeated once from scratch (a real failure fails twice; the comparison below is unchanged)
+        import shutil
+
+        shutil.rmtree(tmp_path / "ddp")
+        ddp = subprocess.run(argv, capture_output=True, text=True, env=env(), timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = run_cli("train", *common, "--batch-size", "16", "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr[-3000:]

@@ -10,7 +10,10 @@ children and
 * with activation quantisation, puts one :class:`ActQuant` on every tensor that a conv/linear or a product /
   sum of two tensors (the block's D P u ⊙ C u and its residual addition u + F(u)) reads or writes — each
   tensor once, as onnxruntime's QDQ format does. Everything else (the radial activations, pooling) stays in
-  floating point between a dequantisation and a quantisation.
+  floating point between a dequantisation and a quantisation;
+* rewrites a depthwise conv with a channel multiplier m > 1 (the derivative conv D, n → m·n with groups n) as m
+  multiplier-1 depthwise convs stacked back to the same channel order (an exact reparametrisation: onnxruntime
+  has fast integer kernels for those only).
 
 The arithmetic (the integer model's):
 
@@ -23,7 +26,8 @@ The arithmetic (the integer model's):
 Modes (:meth:`QuantSim.set_mode`): ``float`` (the float network), ``observe`` (record activation ranges),
 ``dynamic`` (differentiable: straight-through rounding, scales from the current weights and the batch's
 ranges — the surrogate a learned rotation is optimised on), ``static`` (the frozen integer model, computed with
-``torch.fake_quantize_per_*_affine``, which the ONNX exporters write as QuantizeLinear/DequantizeLinear).
+PT2E's ``quantized_decomposed`` quantize/dequantize ops on int8/int32 tensors, which the ``torch.export``-based ONNX
+exporter writes as QuantizeLinear/DequantizeLinear).
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from pdenets.quant.fakequant import QuantSim
 
 __all__ = ["QdqExport", "export_qdq", "integer_ops", "ort_latency", "ort_run", "ort_session"]
 
-INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "QLinearMul", "QLinearAdd", "ConvInteger", "MatMulInteger",
-               "QLinearAveragePool", "QLinearGlobalAveragePool")
+INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "QLinearMul", "QLinearAdd", "QLinearConcat", "ConvInteger",
+               "MatMulInteger", "QLinearAveragePool", "QLinearGlobalAveragePool")
 
 
 @dataclass
