@@ -223,8 +223,8 @@ def quantize_report(model: nn.Module, calib: torch.Tensor, x: torch.Tensor, y: t
 def report_table(report: dict[str, Any]) -> str:
     """Markdown table of a :func:`quantize_report` (random: mean ± std over the seeds, [min, max])."""
     c = report["config"]
-    bits = f"W{c['weight_bits']}A{c['act_bits'] or 'f'}" + (f" (first/last W{c['first_last_bits']})"
-                                                             if c.get("first_last_bits") else "")
+    bits = (f"W{c['weight_bits']}A{c['act_bits'] or 'f'}" + (" GPTQ" if c.get("gptq") else "")
+            + (f" (first/last W{c['first_last_bits']})" if c.get("first_last_bits") else ""))
     rows = [f"| {bits} rotation | top-1 float | top-1 int | agreement | output rel. err | float Δ after rotation "
             "| ORT ms float / int |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in report["rotations"].items():

@@ -36,13 +36,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         sched="cosine", warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5,
         no_aug=True, random_shift=2, smoothing=0.0, workers=0,
     ),
-    # `pdenets compare` on digits (docs/design.md §15): the `quick` recipe at 12 px instead of 16 (the images are
-    # 8x8; 12 px costs ~0.6x), so that Table 1's twelve rows x 3 seeds (36 runs) fit in 15 minutes on 2 CPU cores.
+    # `pdenets compare` on digits (docs/design.md §15), sized so that Table 1's twelve rows x 3 seeds (36 runs) take
+    # under 15 minutes on 2 CPU cores: `quick` at 12 px (the images are 8x8), 8 epochs at lr 4e-3, shifts of 1 px.
+    # Measured on eq3/eq4 x 3 seeds: 8 epochs at 4e-3 gave 99.1/98.4%, at 2e-3 97.9/96.8%; shifts of 2 px at
+    # 12 px (12 epochs, 2e-3) 97.1% against 99.1% with 1 px.
     "table1-digits": dict(
-        model="qlnet18_eq3_small", dataset="digits", img_size=12, epochs=12, batch_size=32,
-        opt="adamw", lr=2e-3, weight_decay=0.05,
+        model="qlnet18_eq3_small", dataset="digits", img_size=12, epochs=8, batch_size=32,
+        opt="adamw", lr=4e-3, weight_decay=0.05,
         sched="cosine", warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5,
-        no_aug=True, random_shift=2, smoothing=0.0, workers=0,
+        no_aug=True, random_shift=1, smoothing=0.0, workers=0,
     ),
     # Ruseckas §5 (arXiv:1909.03767): every parameter starts at zero (the models' init), cross entropy + the
     # layer-smoothness loss of Eq. (113) with λ = 1.0 (circles) / 0.1 (conv), gradient clipping 1.0 (forward
