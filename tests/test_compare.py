@@ -70,6 +70,9 @@ def test_changed_settings_are_refused(tmp_path):
     with pytest.raises(UsageError, match=r"other settings \(epochs: 12 -> 3\)"):
         check_settings(tmp_path, dict(epochs=3, lr=0.002), overwrite=False)
     check_settings(tmp_path, dict(epochs=3, lr=0.002), overwrite=True)
+    check_settings(tmp_path, dict(epochs=12, lr=0.002, ema=False), overwrite=False)  # a new field at its default
+    with pytest.raises(UsageError, match="ema"):
+        check_settings(tmp_path, dict(epochs=12, lr=0.002, ema=True), overwrite=False)
 
 
 TINY = ["--img-size", "8", "--batch-size", "16", "--max-steps-per-epoch", "2", "--epochs", "4", "-m",
@@ -102,13 +105,15 @@ def test_compare_killed_midway_resumes(tmp_path):
     _kill_midway(out)
     runs = out / "runs"
     before = (runs / "qlnet18_eq3_small-s0" / "summary.json").read_text()
-    unfinished = not (runs / "qlnet18_eq3_small-s1" / "summary.json").is_file()
+    assert not (runs / "qlnet18_eq3_small-s1" / "summary.json").is_file()  # killed inside the second run
     proc = _compare(out)
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, log
     assert "[1/4] qlnet18_eq3_small seed 0: reused" in log
-    if unfinished:  # killed inside the second run: continued from its checkpoint, not started over
-        assert "[2/4] qlnet18_eq3_small seed 1: resumed" in log
+    assert "[2/4] qlnet18_eq3_small seed 1: resumed" in log  # continued from its checkpoint, not started over
+    events = [json.loads(line) for line in (runs / "qlnet18_eq3_small-s1" / "metrics.jsonl").read_text().splitlines()]
+    resumes = [e for e in events if e.get("event") == "resume"]
+    assert len(resumes) == 1 and 1 <= resumes[0]["epoch"] < 4  # resumed after 1-3 of its 4 epochs
     assert (runs / "qlnet18_eq3_small-s0" / "summary.json").read_text() == before  # the finished run untouched
     table = json.loads((out / "table.json").read_text())
     md = (out / "table.md").read_text()
@@ -141,4 +146,4 @@ def test_row_labels_follow_the_paper():
              "qlnet50_resnet": ("ResNet (bottleneck)", "relu@all"),
              "resnet18": ("resnet18", "(its own)")}
     for text, want in cases.items():
-        assert describe(parse_models(text, "50")[0], 10, 1) == want, text
+        assert describe(parse_models(text, "50")[0], dict(num_classes=10, in_chans=1)) == want, text

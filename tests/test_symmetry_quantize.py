@@ -201,3 +201,19 @@ def test_cli_refuses_rotation_without_rotatable_segment(tmp_path, capsys):
                  "--out", str(tmp_path / "q")])
     err = capsys.readouterr().err
     assert code == 2 and "only rotation 'none' applies" in err and len(err.strip().splitlines()) == 1
+
+
+class _Branchy(torch.nn.Module):
+    """A network whose forward branches on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        return self.conv(x) if x.sum() > 0 else -self.conv(x)
+
+
+def test_untraceable_model_is_a_value_error():
+    with pytest.raises(ValueError, match="torch.fx cannot trace _Branchy"):
+        instrument(_Branchy())

@@ -177,15 +177,16 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-def describe(spec: ModelSpec, num_classes: int, in_chans: int) -> tuple[str, str]:
-    """(row label, activation) of a model: the paper's names for the QL rows — "Eq. (3) (no ws, x6)" — and
-    ``act@placement``; for a timm model its name and "(its own)"."""
+def describe(spec: ModelSpec, data_kwargs: dict[str, Any]) -> tuple[str, str]:
+    """(row label, activation) of a model built with ``data_kwargs`` (``num_classes``, ``in_chans``, ...) and the
+    spec's arguments: the paper's names for the QL rows — "Eq. (3) (no ws, x6)" — and ``act@placement``; for any
+    other model its name and "(its own)"."""
     import torch
 
     from pdenets.models import create_model
 
     with torch.device("meta"):
-        m = create_model(spec.name, num_classes=num_classes, in_chans=in_chans, **spec.kwargs)
+        m = create_model(spec.name, **{**data_kwargs, **spec.kwargs})
     block, act = getattr(m, "block_name", None), getattr(m, "act_name", None)
     if block is None or act is None:
         return spec.label or spec.name, "(its own)"
@@ -216,12 +217,14 @@ def _fmt(mean: float | None, std: float | None) -> str:
 def table_markdown(table: dict[str, Any]) -> str:
     """``table.md``: the rows in the form of Table 1, with the command, settings and statistic named."""
     s = table["settings"]
+    img = s.get("img_size")
+    size, px, what = (f"{img}×{img} image", f", {img} px", "images") if img else ("input", "", "samples")
     lines = [f"# Table 1 comparison on {s['dataset']}", "",
              f"Command: `{table['command']}`" if table.get("command") else "", "",
-             f"Recipe `{s.get('recipe')}`: {s['epochs']} epochs, batch {s['batch_size']}, {s['opt']} lr {s['lr']:g}, "
-             f"{s['img_size']} px; seeds {', '.join(map(str, table['seeds']))}. Top-1: the test split "
-             f"({table.get('test_samples') or '?'} images), scored once with the best-validation weights; "
-             f"mean ± {STD_NOTE}. GMACs of one {s['img_size']}×{s['img_size']} image.", "",
+             f"Recipe `{s.get('recipe')}`: {s['epochs']} epochs, batch {s['batch_size']}, {s['opt']} lr {s['lr']:g}"
+             f"{px}; seeds {', '.join(map(str, table['seeds']))}. Top-1: the test split "
+             f"({table.get('test_samples') or '?'} {what}), scored once with the best-validation weights; "
+             f"mean ± {STD_NOTE}. GMACs of one {size}.", "",
              "| model | spec | #parameters | GMACs | top-1 (%) | activation | per seed (top-1 %) |",
              "|---|---|---:|---:|---:|---|---|"]
     for r in table["rows"]:
@@ -318,7 +321,8 @@ def settings_of(cfg: Any, model_kwargs: dict[str, Any] | None) -> dict[str, Any]
 
 
 def check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to continue a comparison in ``out`` whose settings differ (unless ``overwrite``)."""
+    """Refuse to continue a comparison in ``out`` whose settings differ (unless ``overwrite``); a setting that only
+    one of them records (a field of another pdenets version) is compared as its default."""
     f = out / "compare.json"
     if overwrite or not f.is_file():
         return
@@ -326,7 +330,10 @@ def check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> None
         old = json.loads(f.read_text())["settings"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{f} is not a comparison record; choose another --out or use --overwrite") from None
-    diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    from pdenets.train.config import TrainConfig
+
+    default = TrainConfig().to_dict()  # a field one record lacks (another version) counts as its default
+    diff = sorted(k for k in set(old) | set(settings) if old.get(k, default.get(k)) != settings.get(k, default.get(k)))
     if diff:
         what = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff[:4])
         raise UsageError(f"{out} holds a comparison with other settings ({what}); continue it with its own "
@@ -388,18 +395,31 @@ def _make_row(spec: ModelSpec, model_kwargs: dict[str, Any], cfg: Any, img: int)
     full = model_create_kwargs(spec.name, info, kw)
     with torch.device("meta"):
         build_model(spec.name, full)  # unknown names and refused arguments: one line, before any training
-    st = model_stats(spec.name, input_shape=(1, info.in_chans, img, img), **full)
-    label, act = describe(ModelSpec(spec.name, kw, spec.label), info.num_classes, info.in_chans)
+    shape = (1, info.in_chans, img, img) if info.kind == "image" else (1, info.in_features)
+    st = model_stats(spec.name, input_shape=shape, **full)
+    label, act = describe(ModelSpec(spec.name, kw, spec.label), full)
     return _Row(spec, label, act, st.params, st.gmacs)
 
 
 def _table(rows: list[_Row], seeds: Sequence[int], settings: dict[str, Any], command: str | None,
-           timing: dict[str, float]) -> dict[str, Any]:
+           timing: list[dict[str, Any]]) -> dict[str, Any]:
+    """``table.json``; ``timing``: one entry per invocation of the comparison (wall and CPU seconds, runs trained
+    and reused), the last one this invocation's."""
     out_rows = [r.as_dict() for r in rows]
     samples = next((x["test_samples"] for r in out_rows for x in r["runs"] if x.get("test_samples")), None)
     train_wall = sum(x["wall_seconds"] or 0.0 for r in out_rows for x in r["runs"])
     return dict(format="pdenets-compare/1", command=command, statistic=STD_NOTE, seeds=list(seeds),
-                settings=settings, test_samples=samples, rows=out_rows, runs_wall_seconds=train_wall, **timing)
+                settings=settings, test_samples=samples, rows=out_rows, runs_wall_seconds=train_wall,
+                invocations=timing)
+
+
+def _earlier_invocations(out: Path) -> list[dict[str, Any]]:
+    """The ``invocations`` of ``out/table.json`` from earlier runs of the comparison (none if unreadable)."""
+    try:
+        inv = json.loads((out / "table.json").read_text()).get("invocations", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [x for x in inv if isinstance(x, dict)] if isinstance(inv, list) else []
 
 
 def _write(out: Path, table: dict[str, Any], figure: bool) -> None:
@@ -439,7 +459,8 @@ def run_comparison(out: str | os.PathLike, models: Sequence[ModelSpec], seeds: S
             from pdenets.train.checkpoint import atomic_write_text
 
             atomic_write_text(out / "compare.json", json.dumps(dict(settings=settings, command=command), indent=2))
-        total, i = len(models) * len(seeds), 0
+        total, i, counts = len(models) * len(seeds), 0, dict(trained=0, resumed=0, reused=0)
+        history = _earlier_invocations(out)
         for row in rows:
             for seed in seeds:
                 i += 1
@@ -450,10 +471,12 @@ def run_comparison(out: str | os.PathLike, models: Sequence[ModelSpec], seeds: S
                     how = "resumed" if not overwrite and _resumable(run_dir) else "trained"
                     s = train(run_config(overrides, row.spec, seed, run_dir, model_kwargs, fresh=overwrite))
                 row.runs[seed] = _run_record(s, seed, out)
+                counts[how] += 1
                 top = s.get("test_top1")
                 log(f"[{i}/{total}] {row.spec.text} seed {seed}: {how}, {s.get('status')}, test top-1 "
                     f"{'—' if top is None else f'{top:.2f}%'} ({s.get('wall_seconds') or 0:.0f} s)")
-                timing = dict(wall_seconds=time.time() - t0, cpu_seconds=time.process_time() - c0)
+                timing = [*history, dict(wall_seconds=time.time() - t0, cpu_seconds=time.process_time() - c0,
+                                         command=command, **counts)]
                 if main:
                     _write(out, _table(rows, seeds, settings, command, timing), figure=i == total)
         return _table(rows, seeds, settings, command, timing)

@@ -60,10 +60,12 @@ class QLNet(TimmClassifierMixin, nn.Module):
     """Quasi-linear hyperbolic ConvNet (Liu-Shao-Bai). One configurable class; see module docstring.
 
     Args:
-        block: equation of the blocks: 'eq3', 'eq3p', 'eq4', 'eq5', 'eq6' or 'eq7' — or a
+        block: equation of the blocks: 'eq3', 'eq3p', 'eq4', 'eq5', 'eq6' or 'eq7'; 'resnet_basic' or
+            'resnet_bottleneck' (Table 1's baselines, :mod:`pdenets.layers.resnet_blocks`; a block class's
+            ``expansion`` multiplies the stage widths, 4 for the bottleneck, as in timm's ResNet) — or a
             :class:`~pdenets.layers.ql_blocks.QLBlock` subclass (called as ``cls(in_chs, out_chs, stride, **kw)``;
             it declares its own stream touches, so the symmetry tools apply to it unchanged).
-        layers: blocks per stage.  widths: stream width of each stage.
+        layers: blocks per stage.  widths: width of each stage (its stream width is ``width × expansion``).
         num_classes: classifier outputs (0 for no classifier).  in_chans: input image channels.
         multiplier: derivative channels per input channel (4, or 6 for "x6").
         weight_sharing: share the derivative kernels across channels ("ws").

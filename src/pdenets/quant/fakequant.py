@@ -375,7 +375,11 @@ def instrument(model: nn.Module, weight_bits: int = 8, act_bits: int | None = 8,
     for m in model.modules():
         if hasattr(m, "fused"):
             m.fused = False
-    gm = fx.GraphModule(model, _LeafTracer().trace(model))
+    try:
+        gm = fx.GraphModule(model, _LeafTracer().trace(model))
+    except Exception as e:  # fx raises TraceError, TypeError, RuntimeError, ... for Python control flow on tensors
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"torch.fx cannot trace {type(model).__name__}: {why}") from e
     _drop_identities(gm)
     convs = _quantizable(gm, weight_bits)
     if first_last_bits is not None and convs:
