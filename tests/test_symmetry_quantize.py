@@ -1,6 +1,7 @@
 """Rotation-aided integer quantisation (`pdenets symmetry quantize`, docs/design.md §16): the rotations keep the
 float function, the integer ONNX model computes what the PyTorch fake-quant reference computes, the report."""
 
+import copy
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from pdenets.quant.fakequant import act_qparams, instrument
 from pdenets.quant.gptq import gptq_quantize
 from pdenets.quant.onnx_qdq import integer_ops, ort_run, ort_session
 from pdenets.symmetry.groups import haar_orthogonal
-from pdenets.symmetry.quantize import QuantConfig, prepare, quantize_model, quantize_report, rotate
+from pdenets.symmetry.quantize import QuantConfig, layer_table, prepare, quantize_model, quantize_report, rotate
 from pdenets.symmetry.rotations import hadamard, learn_rotation, randomized_hadamard, rotatable, rotation_element
 from pdenets.symmetry.transform import GroupElement
 from pdenets.symmetry.verify import radial_input_scale
@@ -95,7 +96,7 @@ def w4_report(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     calib, x = torch.randn(32, 1, 8, 8, generator=g), torch.randn(40, 1, 8, 8, generator=g)
     y = torch.randint(0, 10, (40,), generator=g)
-    cfg = QuantConfig(weight_bits=4, act_bits=8, seeds=2, latency_repeats=2, calib_batch=16)
+    cfg = QuantConfig(weight_bits=4, act_bits=8, seeds=2, latency_repeats=2, calib_batch=16, per_layer=True)
     with one_thread():
         report = quantize_report(_tiny(), calib, x, y, ["random"], cfg, out, progress=lambda m: None)
     return report, out, calib, x, cfg
@@ -115,6 +116,10 @@ def test_quant_report_keys(w4_report):
     assert rnd["agreement"] == sum(r["agreement"] for r in rnd["per_seed"]) / 2
     assert [s["index"] for s in report["rotated_segments"]] == [1, 2, 3]
     assert (out / "float.onnx").exists() and (out / "random_s1.int.onnx").exists()
+    per_seed = [r["layer_errors"] for r in rnd["per_seed"]]  # --per-layer: the mean over seeds, layer by layer
+    assert rnd["layer_errors"] == {k: sum(e[k] for e in per_seed) / 2 for k in per_seed[0]}
+    table = layer_table(report, top=3).splitlines()
+    assert len(table) == 5 and table[0].startswith("| layer (W4 alone") and "random" in table[0]
 
 
 def test_learned_rotation_keeps_the_best_scored_element():
@@ -217,3 +222,28 @@ class _Branchy(torch.nn.Module):
 def test_untraceable_model_is_a_value_error():
     with pytest.raises(ValueError, match="torch.fx cannot trace _Branchy"):
         instrument(_Branchy())
+
+
+def _rtn(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel symmetric round-to-nearest, written out: scale max|w_c| / (2^(b-1) - 1)."""
+    qmax = 2 ** (bits - 1) - 1
+    s = w.reshape(w.shape[0], -1).abs().amax(1).clamp_min(1e-30) / qmax
+    s = s.view(-1, *([1] * (w.dim() - 1)))
+    return torch.clamp(torch.round(w / s), -qmax - 1, qmax) * s
+
+
+def test_layer_errors_match_rounding_one_layer_by_hand():
+    """QuantSim.layer_errors against the plain PyTorch model with one layer's weight replaced (float64)."""
+    folded, _ = prepare(_tiny())  # float64
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    errors = instrument(folded, 4, None).layer_errors(x)
+    with torch.no_grad():
+        y = folded(x)
+        for name in ("conv1", "layer2.0.conv_p", "fc"):
+            assert name in errors, sorted(errors)[:5]
+            m = copy.deepcopy(folded)
+            w = m.get_submodule(name).weight
+            w.copy_(_rtn(w, 4))
+            want = float((m(x) - y).norm() / y.norm())
+            assert want > 1e-4 and abs(errors[name] - want) <= 1e-12 * max(1.0, want), (name, errors[name], want)
+    assert all(e >= 0 for e in errors.values()) and len(errors) == len(instrument(folded, 4, None).convs)

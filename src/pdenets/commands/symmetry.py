@@ -465,6 +465,9 @@ def _add_quantize(ss: argparse._SubParsersAction) -> None:
                    help="calibration images from the training split (default 256)")
     q.add_argument("--learn-steps", type=positive_int, default=100, help="Adam steps of 'learned' (default 100)")
     q.add_argument("--learn-lr", type=positive_float, default=0.005, help="its step size (default 0.005)")
+    q.add_argument("--per-layer", action="store_true",
+                   help="also measure each layer's sensitivity: the output error on the calibration images with only "
+                   "that layer's weights rounded (round-to-nearest), per rotation choice (layer_errors in the report)")
     q.add_argument("--ort-threads", type=positive_int, default=2, help="onnxruntime intra-op threads (default 2)")
     q.add_argument("--latency-batch", type=positive_int, default=8, help="batch of the latency runs (default 8)")
     q.add_argument("--out", required=True, metavar="DIR", help="directory: quant_report.json, float.onnx, "
@@ -473,7 +476,7 @@ def _add_quantize(ss: argparse._SubParsersAction) -> None:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from pdenets.symmetry.quantize import QuantConfig, quantize_report, report_table
+    from pdenets.symmetry.quantize import QuantConfig, layer_table, quantize_report, report_table
 
     _threads(args)
     out = check_out(args.out, "--out")
@@ -484,12 +487,14 @@ def run_quantize(args: argparse.Namespace) -> int:
     cfg = QuantConfig(weight_bits=args.weights, act_bits=None if args.acts == "none" else 8,
                       first_last_bits=8 if args.keep_first_last else None, gptq=args.gptq, seeds=args.seeds,
                       seed=args.seed, learn_steps=args.learn_steps, learn_lr=args.learn_lr,
-                      ort_threads=args.ort_threads, latency_batch=args.latency_batch)
+                      ort_threads=args.ort_threads, latency_batch=args.latency_batch, per_layer=args.per_layer)
     try:
         report = quantize_report(model, calib, x, y, list(dict.fromkeys(args.rotation)), cfg, out)
     except ValueError as e:
         raise UsageError(f"symmetry quantize: {e}") from None
     print(report_table(report))
+    if args.per_layer:
+        print(layer_table(report))
     print(f"wrote {out}/quant_report.json and the ONNX models ({len(calib)} calibration images from the training "
           f"split, {len(x)} test images)")
     return 0

@@ -338,6 +338,24 @@ class QuantSim:
         self.module.float()
         return self.set_mode("static")
 
+    @torch.no_grad()
+    def layer_errors(self, x: torch.Tensor, batch: int = 128) -> dict[str, float]:
+        """Sensitivity of every quantised layer: ‖y_l − y‖ / ‖y‖ on ``x``, where y is the float network and y_l the
+        network with only layer l's weights rounded to its grid (round-to-nearest, per channel; activations float).
+        Call before :meth:`freeze` (it uses the float weights); leaves the simulation in ``float`` mode."""
+        self.set_mode("float")
+        dt = next(self.module.parameters()).dtype
+        xb = list(x.to(dt).split(batch))
+        ref = torch.cat([self.module(b) for b in xb])
+        errors = {}
+        for name in self.convs:
+            layer = self.module.get_submodule(name)
+            layer.mode = "dynamic"
+            y = torch.cat([self.module(b) for b in xb])
+            layer.mode = "float"
+            errors[name] = float((y - ref).norm() / ref.norm())
+        return errors
+
     def output_scale(self) -> float | None:
         """Scale of the quantiser on the network's output (one step of the integer model's output grid)."""
         out = next(n for n in self.module.graph.nodes if n.op == "output").args[0]

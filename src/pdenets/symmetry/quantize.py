@@ -26,7 +26,8 @@ from pdenets.symmetry.fold import fold_bn, is_folded
 from pdenets.symmetry.rotations import ROTATIONS, learn_rotation, rotatable, rotation_element
 from pdenets.symmetry.transform import GroupElement, load_params, transformed_params
 
-__all__ = ["FLOAT_CHECK_RTOL", "QuantConfig", "quantize_model", "quantize_report", "report_table", "rotate"]
+__all__ = ["FLOAT_CHECK_RTOL", "QuantConfig", "layer_table", "quantize_model", "quantize_report", "report_table",
+           "rotate"]
 
 FLOAT_CHECK_RTOL = 1e-5  # the rotated float32 model must agree with the original to this (max |Δ| / max |y|)
 SPREAD_KEYS = ("top1_quant", "agreement", "output_rel_err")
@@ -52,6 +53,7 @@ class QuantConfig:
     ort_threads: int = 2
     latency_batch: int = 8
     latency_repeats: int = 20
+    per_layer: bool = False
 
 
 def prepare(model: nn.Module) -> tuple[nn.Module, Analysis]:
@@ -137,6 +139,7 @@ class _Run:
         with torch.no_grad():
             y_rot = copy.deepcopy(rotated).float()(self.x.float())
         float_diff = float((y_rot - self.y32).abs().max() / self.y32.abs().max())
+        layers = self.layer_errors(rotated) if self.cfg.per_layer else None
         sim = quantize_model(rotated, self.calib, self.cfg)
         with torch.no_grad():
             y_ref = sim.module(self.x.float())
@@ -153,7 +156,15 @@ class _Run:
                     latency_ms_int=ort_latency(sess, self.x[: self.cfg.latency_batch], self.cfg.latency_repeats),
                     onnx=exp.path.name, exporter=exp.exporter, int8_weights=exp.int_weights,
                     int32_biases=exp.int_biases, integer_kernels={k: v for k, v in ops.items() if k in INTEGER_OPS},
-                    calib_output_rel_err=_sim_error(sim, self.calib, self.y_calib))
+                    calib_output_rel_err=_sim_error(sim, self.calib, self.y_calib),
+                    **({} if layers is None else dict(layer_errors=layers)))
+
+    def layer_errors(self, rotated: nn.Module) -> dict[str, float]:
+        """Per layer, the relative output error on the calibration images with only that layer's weights rounded
+        (round-to-nearest at its bits; :meth:`~pdenets.quant.fakequant.QuantSim.layer_errors`)."""
+        cfg = self.cfg
+        sim = instrument(copy.deepcopy(rotated).float(), cfg.weight_bits, None, cfg.first_last_bits)
+        return sim.layer_errors(self.calib.float(), cfg.calib_batch)
 
 
 def _spread(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
@@ -167,6 +178,8 @@ def _spread(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
             vals = [r[k] for r in rows]
             out[f"{k}_std"] = statistics.pstdev(vals)
             out[f"{k}_min"], out[f"{k}_max"] = min(vals), max(vals)
+    if "layer_errors" in rows[0]:  # mean over the seeds, layer by layer
+        out["layer_errors"] = {k: statistics.fmean(r["layer_errors"][k] for r in rows) for k in rows[0]["layer_errors"]}
     out["seeds"] = seeds
     out["per_seed"] = rows
     return out
@@ -239,4 +252,19 @@ def report_table(report: dict[str, Any]) -> str:
         rows.append(f"| {label} | {fmt('top1_float')} | {fmt('top1_quant')} | {fmt('agreement')} | "
                     f"{fmt('output_rel_err', '.4f')} | {r['float_rel_diff_after_rotation']:.1e} | "
                     f"{r['latency_ms_float']:.2f} / {r['latency_ms_int']:.2f} |")
+    return "\n".join(rows)
+
+
+def layer_table(report: dict[str, Any], top: int = 8) -> str:
+    """Markdown table of the ``top`` most sensitive layers (``--per-layer``): per rotation choice the relative output
+    error with only that layer's weights rounded (random, hadamard: mean over the seeds); sorted by the first
+    choice's error. Empty if the report has no per-layer errors."""
+    rots = {k: r["layer_errors"] for k, r in report["rotations"].items() if "layer_errors" in r}
+    if not rots:
+        return ""
+    first = next(iter(rots.values()))
+    names = sorted(first, key=first.get, reverse=True)[:top]
+    head = f"| layer (W{report['config']['weight_bits']} alone, of {len(first)}) | " + " | ".join(rots) + " |"
+    rows = [head, "|---|" + "---:|" * len(rots)]
+    rows += [f"| {n} | " + " | ".join(f"{e[n]:.4f}" for e in rots.values()) + " |" for n in names]
     return "\n".join(rows)
