@@ -30,6 +30,8 @@ RH = ["-c", "{rh}"]
 EXPORT = ["export", "--model", "qlnet18_eq3_small", "--format", "torchscript", "--out", "{out}/m.pt"]
 COMPRESS = ["symmetry", "compress", *QL, "--out", "{out}"]
 TELEPORT = ["symmetry", "teleport", *QL, "--steps", "1", "--out", "{out}"]
+CMP = ["compare", "--out", "{out}", "--models", "qlnet18_eq3_small", "--img-size", "8", "--epochs", "1",
+       "--max-steps-per-epoch", "1", "--no-progress"]  # a later --models replaces this one
 
 # YAML files of --config rows: name -> text
 CONFIGS = {
@@ -272,6 +274,20 @@ ROWS = [
     ("pde-demo-padding", ["pde", "demo", "--padding-mode", "bogus", "--out", "{out}"], "--padding-mode"),
     ("pde-demo-out-file", ["pde", "demo", "--out", "{file}"], "existing file"),
     ("pde-demo-out-empty", ["pde", "demo", "--out", ""], "--out"),
+    # ---- compare (refused before any run or file) ----
+    ("compare-unknown-model", [*CMP, "--models", "qlnet18_eq3_small,nosuch_model"], "unknown model 'nosuch_model'"),
+    ("compare-bad-spec", [*CMP, "--models", "qlnet18_eq3_small:widths"], "KEY=VALUE"),
+    ("compare-empty-models", [*CMP, "--models", ","], "--models"),
+    ("compare-seeds-zero", [*CMP, "--seeds", "0"], "--seeds"),
+    ("compare-first-seed-64-bits", [*CMP, "--first-seed", BIG], "--first-seed"),
+    ("compare-last-seed-64-bits", [*CMP, "--first-seed", str(2**63 - 1), "--seeds", "2"], "the last seed"),
+    ("compare-layout", [*CMP, "--layout", "99"], "--layout"),
+    ("compare-with-model", [*CMP, "--model", "qlnet18_eq3_small"], "drop --model"),
+    ("compare-with-seed", [*CMP, "--seed", "1"], "drop --seed"),
+    ("compare-unknown-recipe", [*CMP, "--recipe", "nosuch"], "unknown recipe 'nosuch'"),
+    ("compare-m-unknown-kwarg", [*CMP, "-m", "foo=1"], "foo"),
+    ("compare-lr-negative", [*CMP, "--lr", "-1"], "--lr"),
+    ("compare-out-file", ["compare", "--models", "qlnet18_eq3_small", "--out", "{file}"], "existing file"),
     # ---- models, make-imagenet100, the top level ----
     ("models-num-classes-zero", ["models", "--num-classes", "0", "--no-macs"], "--num-classes"),
     ("models-img-size-zero", ["models", "--img-size", "0"], "--img-size"),
@@ -367,7 +383,7 @@ def test_table_is_large_and_covers_every_subcommand():
     assert len(ids) == len(set(ids)) and len(ids) >= 100
     commands = {(r.values[1] if hasattr(r, "values") else r[1])[0] for r in ROWS}
     assert commands >= {"train", "eval", "demo", "make-imagenet100", "rh", "ruseckas", "pde", "export", "symmetry",
-                        "models"}
+                        "models", "compare"}
 
 
 def _subcommand_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

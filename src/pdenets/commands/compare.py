@@ -84,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
     kwargs = ov.pop("model_kwargs", {})
     ov.pop("overwrite", None)  # compare's own --overwrite: every run trained afresh
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    from pdenets.train.config import SEED_RANGE
+
+    if not SEED_RANGE.contains(seeds[-1]):
+        raise UsageError(f"--first-seed {args.first_seed} with --seeds {args.seeds}: the last seed {seeds[-1]} is not "
+                         f"{SEED_RANGE.text}")
     probe = parse_models("qlnet18_eq3_small", "18_small")[0]  # any model: resolves recipe, data set, image size
     img = image_size(run_config(ov, probe, seeds[0], f"{args.out}/runs/probe", fresh=True))
     models = parse_models(args.models, args.layout or default_layout(img))
