@@ -117,3 +117,35 @@ def test_stopped_run_does_not_score_test(tmp_path):
     with one_thread():
         s = Trainer(cfg, data=data).fit()
     assert s["status"] == "stopped" and s["test_top1"] is None and data.test.reads == 0
+
+
+def _image_tree(root, counts: dict[str, int]) -> None:
+    from PIL import Image
+
+    for split, n in counts.items():
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (4, 4), (10 * i, 0, 0)).save(root / split / c / f"{i}.png")
+
+
+def test_imagefolder_without_test_dir_carves_validation_from_train(tmp_path):
+    """ImageNet's layout (train + val): PATH/val is the test split, validation a fixed stratified 15% of train."""
+    from pdenets.datasets.vision import build_imagefolder
+
+    _image_tree(tmp_path, {"train": 20, "val": 3})
+    train, val, test = (build_imagefolder(tmp_path, s, None) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (34, 6, 6)
+    assert not set(train.indices) & set(val.indices) and set(train.indices) | set(val.indices) == set(range(40))
+    assert sorted(val.dataset.targets[i] for i in val.indices) == [0, 0, 0, 1, 1, 1]  # stratified
+    assert {p.split("/")[-3] for p, _ in test.samples} == {"val"}
+    assert build_imagefolder(tmp_path, "val", None).indices == val.indices  # fixed, not drawn per call
+
+
+def test_imagefolder_too_small_to_carve_is_refused(tmp_path):
+    from pdenets.datasets.vision import build_imagefolder
+    from pdenets.errors import UsageError
+
+    _image_tree(tmp_path, {"train": 1, "val": 1})
+    with pytest.raises(UsageError, match="too few images per class"):
+        build_imagefolder(tmp_path, "train", None)

@@ -13,8 +13,8 @@ and input channels a data set has (so they can be passed to ``create_model``). N
 Splits: 'train' trains, 'val' selects (the best checkpoint), 'test' is scored once at the end. Sets without
 an official validation split (digits, circles, the torchvision sets) get a fixed stratified 15 % of their
 training part as 'val' (:mod:`pdenets.datasets.splits`; seed fixed, independent of the run's seed), and
-'train' is the rest; 'test' stays the fixed test split. ImageFolder: 'val' is PATH/val, 'test' is PATH/test
-if present, else PATH/val.
+'train' is the rest; 'test' stays the fixed test split. ImageFolder: with PATH/test, 'val' is PATH/val and
+'test' PATH/test; without it (ImageNet's layout) 'test' is PATH/val and 'val' is carved from PATH/train.
 
 Every data set yields ``(x, y)`` pairs; the trainer's samplers know the index of every sample.
 """

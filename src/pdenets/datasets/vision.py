@@ -29,7 +29,8 @@ TORCHVISION_SETS: dict[str, dict[str, Any]] = {
                           layout="DATA_DIR/FashionMNIST/raw/ (the four idx files)"),
 }
 
-IMAGEFOLDER_LAYOUT = "PATH/train/<class>/<image> and PATH/val/<class>/<image> (optionally PATH/test/<class>/<image>)"
+IMAGEFOLDER_LAYOUT = ("PATH/train/<class>/<image> and PATH/val/<class>/<image> (optionally PATH/test/<class>/<image>; "
+                      "without it PATH/val is the test split and validation is carved from PATH/train)")
 
 
 def _targets(ds) -> list[int]:
@@ -78,14 +79,20 @@ def build_torchvision_dataset(name: str, split: str, data_dir: str | os.PathLike
 
 
 def build_imagefolder(path: str | os.PathLike, split: str, transform):
-    """``torchvision.datasets.ImageFolder``: 'train' is PATH/train, 'val' is PATH/val, and 'test' is
-    PATH/test if it exists, else PATH/val (then the test score is not independent of model selection)."""
+    """One split of an ImageFolder tree (``torchvision.datasets.ImageFolder``).
+
+    With PATH/test: 'train', 'val', 'test' are PATH/train, PATH/val, PATH/test. Without it (ImageNet's layout:
+    train and val only) PATH/val is the **test** split and 'train' / 'val' are the fixed stratified 85/15 carve
+    of PATH/train (:func:`pdenets.datasets.splits.carve_validation`), as for the torchvision sets: no checkpoint
+    is ever chosen on the split that is reported (docs/design.md §9).
+    """
     import torchvision.datasets as tvd
 
     root = Path(path).expanduser()
     if split not in ("train", "val", "test"):
         raise UsageError(f"split must be 'train', 'val' or 'test', got {split!r}")
-    sub = "test" if split == "test" and (root / "test").is_dir() else ("train" if split == "train" else "val")
+    carved = not (root / "test").is_dir()
+    sub = split if not carved else ("val" if split == "test" else "train")
     folder = root / sub
     if not folder.is_dir():
         raise UsageError(f"image folder {str(folder)!r} does not exist; expected {IMAGEFOLDER_LAYOUT}")
@@ -95,8 +102,26 @@ def build_imagefolder(path: str | os.PathLike, split: str, transform):
         raise UsageError(f"no images found under {str(folder)!r}; expected {IMAGEFOLDER_LAYOUT}") from e
     if sub != "train":
         check_same_classes(imagefolder_classes(root), ds.classes, folder)
+    if carved and split != "test":
+        from torch.utils.data import Subset
+
+        keep = _carve(ds.targets, folder)[split == "val"]
+        check_images_readable([ds.samples[i][0] for i in keep], folder)
+        return Subset(ds, keep)
     check_images_readable([p for p, _ in ds.samples], folder)
     return ds
+
+
+def _carve(targets: list[int], folder: Path) -> tuple[list[int], list[int]]:
+    """(train, val) indices of the validation carve of a training tree; a tree too small to stratify is refused."""
+    from pdenets.datasets.splits import VAL_FRACTION, carve_validation
+
+    try:
+        return carve_validation(range(len(targets)), targets)
+    except ValueError as e:  # scikit-learn: a class with one image, or fewer held-out images than classes
+        raise UsageError(f"{str(folder)!r}: too few images per class to hold out {VAL_FRACTION:.0%} as a stratified "
+                         f"validation split ({e}); add PATH/test/<class>/<image> so that PATH/val is the "
+                         f"validation split") from None
 
 
 def check_same_classes(train: list[str], other: list[str], folder: Path) -> None:
