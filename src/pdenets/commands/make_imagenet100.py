@@ -61,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         f"({LAYOUT}; val sorted into class folders) for the 100 classes of CMC's ImageNet-100 list "
         "(Tian et al.; shipped as pdenets/assets/imagenet100_cmc_wnids.txt). Reports missing classes "
         "(exit code 1 when any is missing). Then: pdenets train --recipe liu2023-imagenet100 "
-        "--dataset imagefolder:DST",
+        "--dataset imagefolder:DST (DST/val is scored as the test split; the validation split that chooses the "
+        "checkpoint is a fixed stratified 15% of DST/train), or pdenets compare ... --models table1.",
     )
     p.add_argument("--src", required=True, metavar="IMAGENET_ROOT")
     p.add_argument("--dst", required=True, metavar="DIR")
