@@ -147,3 +147,30 @@ def test_row_labels_follow_the_paper():
              "resnet18": ("resnet18", "(its own)")}
     for text, want in cases.items():
         assert describe(parse_models(text, "50")[0], dict(num_classes=10, in_chans=1)) == want, text
+
+
+def test_ctrl_c_prints_the_command_that_continues(tmp_path):
+    """Ctrl-C (SIGINT) during a comparison: exit 130 and one line naming the command that continues it; running
+    that command finishes the comparison, reusing the finished run."""
+    import shlex
+
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "pdenets", "compare", "--models", MODELS, "--seeds", "2", "--out", str(out), *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
+    first = out / "runs" / "qlnet18_eq3_small-s0" / "summary.json"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and not first.is_file():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the comparison finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("pdenets compare: interrupted; continue with the same command"), line
+    argv = shlex.split(line.partition("last checkpoint): ")[2])
+    assert argv[:2] == ["pdenets", "compare"] and str(out) in argv, argv
+    again = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, env=env(), timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[1/4] qlnet18_eq3_small seed 0: reused" in again.stdout
+    assert json.loads((out / "table.json").read_text())["rows"][1]["n"] == 2

@@ -82,8 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFailed as e:
         print(f"pdenets {args.command}: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"pdenets {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # a command may say how to continue (``args.interrupt_hint``)
+        hint = getattr(args, "interrupt_hint", None)
+        print(f"pdenets {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
     return int(rc or 0)
 

@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     models = parse_models(args.models, args.layout or default_layout(img))
     argv = sys.argv[1:] if "compare" in sys.argv[1:] else None
     command = "pdenets " + " ".join(shlex.quote(a) for a in argv) if argv else None
+    args.interrupt_hint = ("continue with the same command (finished runs are reused, the unfinished one resumes "
+                           "from its last checkpoint)" + (f": {command}" if command else ""))
     from pdenets.train.distributed import cleanup, init_distributed
 
     group = init_distributed(ov.get("device", "auto"))  # under torchrun: one process group for all runs
