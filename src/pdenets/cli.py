@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:  # a command may say how to continue (``args.interrupt_hint``)
         hint = getattr(args, "interrupt_hint", None)
+        hint = hint() if callable(hint) else hint
         print(f"pdenets {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
     return int(rc or 0)

@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     preflight(cfg)  # unknown hooks, a model the data set cannot feed, refused -m arguments: before any file
+    args.interrupt_hint = lambda: resume_hint(cfg.out)
     with deterministic_mode(cfg.deterministic):
         summary = train(cfg)
 
@@ -173,6 +174,22 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: summary[k] for k in keys}))
     print(f"run directory: {summary['run_dir']}  (report.md, summary.json, checkpoints/)")
     return 0
+
+
+def resume_hint(out: str) -> str:
+    """What to say when a run into ``out`` is interrupted: the command that continues it, if it has a complete
+    checkpoint."""
+    import shlex
+
+    from pdenets.train.rundir import auto_resume_checkpoint
+
+    try:
+        found = auto_resume_checkpoint(out)
+    except UsageError:
+        found = None
+    if found is None:
+        return "no epoch had finished, so there is nothing to resume: run the same command again"
+    return f"continue with: pdenets train --resume {shlex.quote(str(out))}"
 
 
 def set_threads(threads: int | None) -> None:
