@@ -29,7 +29,7 @@ from pdenets import create_model
 from pdenets.export.files import export_onnx
 from pdenets.quant.fakequant import instrument
 from pdenets.quant.onnx_qdq import export_qdq, integer_ops, ort_run, ort_session
-from pdenets.symmetry.quantize import QuantConfig, prepare, quantize_model, rotate
+from pdenets.quant.pipeline import QuantConfig, prepare, quantize_model, rotate
 from pdenets.symmetry.rotations import rotation_element
 
 

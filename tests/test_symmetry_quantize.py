@@ -14,8 +14,8 @@ from pdenets.cli import main
 from pdenets.quant.fakequant import act_qparams, instrument
 from pdenets.quant.gptq import gptq_quantize
 from pdenets.quant.onnx_qdq import integer_ops, ort_run, ort_session
+from pdenets.quant.pipeline import QuantConfig, layer_table, prepare, quantize_model, quantize_report, rotate
 from pdenets.symmetry.groups import haar_orthogonal
-from pdenets.symmetry.quantize import QuantConfig, layer_table, prepare, quantize_model, quantize_report, rotate
 from pdenets.symmetry.rotations import hadamard, learn_rotation, randomized_hadamard, rotatable, rotation_element
 from pdenets.symmetry.transform import GroupElement
 from pdenets.symmetry.verify import radial_input_scale

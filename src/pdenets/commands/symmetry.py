@@ -476,7 +476,7 @@ def _add_quantize(ss: argparse._SubParsersAction) -> None:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from pdenets.symmetry.quantize import QuantConfig, layer_table, quantize_report, report_table
+    from pdenets.quant.pipeline import QuantConfig, layer_table, quantize_report, report_table
 
     _threads(args)
     out = check_out(args.out, "--out")

@@ -8,7 +8,7 @@
   :func:`integer_ops` to run it in onnxruntime.
 
 The rotations that make a network easier to quantise are in :mod:`pdenets.symmetry.rotations`, the whole pipeline
-(``pdenets symmetry quantize``) in :mod:`pdenets.symmetry.quantize`.
+(``pdenets symmetry quantize``) in :mod:`pdenets.quant.pipeline`.
 """
 
 from pdenets.quant.fakequant import ActQuant, QConv, QuantSim, instrument

@@ -1,5 +1,6 @@
-"""Rotation-aided integer quantisation of the QL-ConvNets: rotate the O(n) segments (:mod:`.rotations`), quantise
-(:mod:`pdenets.quant`), write the integer ONNX model, run it in onnxruntime and report (docs/design.md §16).
+"""Rotation-aided integer quantisation of the QL-ConvNets: rotate the O(n) segments
+(:mod:`pdenets.symmetry.rotations`), quantise (:mod:`pdenets.quant`), write the integer ONNX model, run it in
+onnxruntime and report (docs/design.md §16).
 
 The rotation is an exact symmetry (Liu-Shao-Bai §4, exact for ``eq3p``: docs/design.md §3), so the float model
 is the same function for every choice; only the quantised model differs. Calibration images come from the
