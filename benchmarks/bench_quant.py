@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from common import median, time_interleaved
 from pdenets import create_model
@@ -31,19 +30,7 @@ from pdenets.quant.fakequant import instrument
 from pdenets.quant.onnx_qdq import export_qdq, integer_ops, ort_run, ort_session
 from pdenets.quant.pipeline import QuantConfig, prepare, quantize_model, rotate
 from pdenets.symmetry.rotations import rotation_element
-
-
-def random_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Untrained BN is the identity with γ = 0 on the last BN of each branch: give it random statistics."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(1 + 0.2 * torch.randn(c, generator=g))
-            m.bias.data.copy_(0.2 * torch.randn(c, generator=g))
-    return model.eval()
+from pdenets.utils.stats import randomize_bn_statistics
 
 
 class _Reader:
@@ -83,7 +70,7 @@ def main() -> None:
     ap.add_argument("--out", help="keep the ONNX files here (default: a temporary directory)")
     args = ap.parse_args()
 
-    model = random_bn(create_model(args.model))
+    model = randomize_bn_statistics(create_model(args.model))
     shape = (args.batch, model.in_chans, args.img, args.img)
     g = torch.Generator().manual_seed(0)
     calib = [torch.randn(*shape, generator=g) for _ in range(args.calib_batches)]

@@ -41,3 +41,19 @@ def max_abs_diff(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
 
 
+
+
+def interrupt_once(argv: list[str], ready, timeout: float = 90) -> tuple[int, str]:
+    """Run ``python -m pdenets ARGV``, send SIGINT (Ctrl-C) once ``ready()`` is true, and return (exit code,
+    stderr). The process may finish first (then the exit code is 0)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pdenets", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env())
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err

@@ -13,7 +13,7 @@ import pytest
 import timm
 
 import pdenets  # noqa: F401  (registers the pdenets models with timm)
-from _train_util import env
+from _train_util import env, interrupt_once
 from pdenets.errors import UsageError
 from pdenets.experiments.compare import (
     ModelSpec,
@@ -155,17 +155,11 @@ def test_ctrl_c_prints_the_command_that_continues(tmp_path):
     import shlex
 
     out = tmp_path / "cmp"
-    cmd = [sys.executable, "-m", "pdenets", "compare", "--models", MODELS, "--seeds", "2", "--out", str(out), *TINY]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
     first = out / "runs" / "qlnet18_eq3_small-s0" / "summary.json"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None and not first.is_file():
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
+    rc, err = interrupt_once(["compare", "--models", MODELS, "--seeds", "2", "--out", str(out), *TINY], first.is_file)
+    if rc == 0:
         pytest.skip("the comparison finished before the interrupt arrived")
-    assert proc.returncode == 130, err
+    assert rc == 130, err
     line = err.strip().splitlines()[-1]
     assert line.startswith("pdenets compare: interrupted; continue with the same command"), line
     argv = shlex.split(line.partition("last checkpoint): ")[2])

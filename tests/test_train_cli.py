@@ -157,26 +157,16 @@ def test_ctrl_c_names_the_resume_command(tmp_path):
     """SIGINT after the first checkpoint: exit 130 and one line with the command that continues the run, which
     then finishes it from that checkpoint."""
     import shlex
-    import signal
-    import subprocess
-    import sys
-    import time
 
-    from _train_util import env, run_cli
+    from _train_util import interrupt_once, run_cli
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pdenets", "train", *TINY_CLI, "--epochs", "12", "--max-steps-per-epoch", "5",
-           "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
     meta = out / "checkpoints" / "last" / "meta.json"
-    deadline = time.time() + 90
-    while time.time() < deadline and proc.poll() is None and not meta.is_file():
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
+    rc, err = interrupt_once(["train", *TINY_CLI, "--epochs", "12", "--max-steps-per-epoch", "5", "--out", str(out)],
+                             meta.is_file)
+    if rc == 0:
         pytest.skip("the run finished before the interrupt arrived")
-    assert proc.returncode == 130, err[-2000:]
+    assert rc == 130, err[-2000:]
     line = err.strip().splitlines()[-1]
     assert line.startswith("pdenets train: interrupted; continue with: pdenets train --resume "), line
     argv = shlex.split(line.partition("continue with: ")[2])

@@ -167,21 +167,11 @@ def _save(model, out: Path, meta: dict[str, Any], source: dict[str, Any], **extr
 
 
 def _random_model(name: str, kwargs: dict[str, Any]):
-    import torch
-    import torch.nn as nn
-
     from pdenets.train.build import build_model
+    from pdenets.utils.stats import randomize_bn_statistics
 
     model = build_model(name, kwargs)
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():  # untrained BN is the identity: give it random statistics so checks mean something
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(1 + 0.2 * torch.randn(c, generator=g))
-            m.bias.data.copy_(0.2 * torch.randn(c, generator=g))
-    return model.eval()
+    return randomize_bn_statistics(model, seed=0)  # untrained BN is the identity: checks would mean nothing
 
 
 def test_data(meta: dict[str, Any], n: int = 0, split: str = "test"):

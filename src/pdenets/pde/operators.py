@@ -211,9 +211,14 @@ def format_report(rows: list[KernelRow], max_rows: int | None = None) -> str:
     if max_rows is not None and len(rows) > max_rows:
         lines.append(f"... {len(rows) - max_rows} more kernels")
     if rows:
-        mean = np.mean([r.shares for r in rows], axis=0)
-        lines.append("mean share of orders " + ", ".join(f"{g}: {100 * s:.1f}%" for g, s in zip(ORDER_GROUPS, mean)))
+        lines.append(mean_share_line([r.shares for r in rows]))
     return "\n".join(lines)
+
+
+def mean_share_line(shares: list) -> str:
+    """The footer of the kernel tables: the mean share of each order group over the rows."""
+    mean = np.mean(shares, axis=0)
+    return "mean share of orders " + ", ".join(f"{g}: {100 * s:.1f}%" for g, s in zip(ORDER_GROUPS, mean))
 
 
 def plot_report(rows: list[KernelRow], path: str, title: str = "", max_rows: int = 96) -> None:

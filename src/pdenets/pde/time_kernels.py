@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from pdenets.pde.operators import OPERATORS_ASCII, ORDER_GROUPS, order_parts, to_operators
+from pdenets.pde.operators import OPERATORS_ASCII, ORDER_GROUPS, mean_share_line, order_parts, to_operators
 from pdenets.utils.plotting import save_figure, subplots
 
 __all__ = ["StepKernelRow", "format_time_report", "plot_time_kernels", "time_kernel_report", "time_kernels"]
@@ -79,8 +79,7 @@ def format_time_report(rows: list[StepKernelRow], max_rows: int | None = None) -
     if max_rows is not None and len(rows) > max_rows:
         lines.append(f"... {len(rows) - max_rows} more (module, step) rows")
     if rows:
-        mean = np.mean([r.shares for r in rows], axis=0)
-        lines.append("mean share of orders " + ", ".join(f"{g}: {100 * s:.1f}%" for g, s in zip(ORDER_GROUPS, mean)))
+        lines.append(mean_share_line([r.shares for r in rows]))
     return "\n".join(lines)
 
 

@@ -29,3 +29,19 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     model.train(was_training)
     return counter.get_total_flops() // 2
 
+
+
+@torch.no_grad()
+def randomize_bn_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every ``BatchNorm2d`` random running statistics and affine weights (seeded), in place, and return the
+    model in eval mode. An untrained network's BN is the identity (and the last BN of a residual branch has γ = 0),
+    so checks on untrained models (export, quantisation, latency) would otherwise see a degenerate function."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.copy_(1 + 0.2 * torch.randn(c, generator=g))
+            m.bias.copy_(0.2 * torch.randn(c, generator=g))
+    return model.eval()
