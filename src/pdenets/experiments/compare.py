@@ -350,8 +350,14 @@ def finished_summary(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _resumable(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a checkpoint that ``resume='auto'`` continues from."""
-    return any((run_dir / "checkpoints" / n / "state.pt").is_file() for n in ("last", "last.old"))
+    """Whether ``resume='auto'`` continues ``run_dir`` from a complete checkpoint (the trainer's own test; a run
+    with only damaged checkpoints is the trainer's one-line error, raised when it is trained)."""
+    from pdenets.train.rundir import auto_resume_checkpoint
+
+    try:
+        return auto_resume_checkpoint(run_dir) is not None
+    except UsageError:
+        return False
 
 
 def _run_record(s: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
